@@ -1,0 +1,95 @@
+"""What every cell shares: the input projection of all time steps at once, masks, initial weights.
+
+Shapes (time-major): ``x`` is ``(T, B)`` integer ids (one-hot input: the projection is a row gather) or
+``(T, B, D)`` floats; ``mask`` is ``(T, B)`` with 1 for real steps and 0 for padding. A padded step
+carries the state through unchanged, so the final state of a batch is each sequence's last real state.
+A cell with ``G`` gates has parameters ``Wx (D, G*H)``, ``Wh (H, G*H)``, ``b (G*H,)`` (plus any of its
+own), gates fused along the last axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Cell:
+    """Base class of the cells: subclasses set ``gates`` and ``state_size`` and implement
+    ``forward``, ``backward`` and ``step``."""
+
+    gates = 1          # G: blocks of H columns in Wx, Wh, b
+    state_size = 1     # number of (B, H) arrays in the state: h, or (h, c)
+
+    def init(self, input_size: int, hidden_size: int, rng: np.random.Generator, dtype=np.float32):
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) weights, zero biases, as the common frameworks do.
+
+        Returns {"Wx": (D, G*H), "Wh": (H, G*H), "b": (G*H,)}.
+        """
+        bound = 1.0 / np.sqrt(hidden_size)
+        gh = self.gates * hidden_size
+        return {
+            "Wx": rng.uniform(-bound, bound, (input_size, gh)).astype(dtype),
+            "Wh": rng.uniform(-bound, bound, (hidden_size, gh)).astype(dtype),
+            "b": np.zeros(gh, dtype),
+        }
+
+    def zero_state(self, batch: int, hidden_size: int, dtype=np.float32):
+        """The initial state: a tuple of ``state_size`` zero arrays of shape (B, H)."""
+        return tuple(np.zeros((batch, hidden_size), dtype) for _ in range(self.state_size))
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def project_inputs(x, Wx, b):
+    """All input projections in one go: ``x @ Wx + b`` as ``(T, B, G*H)``.
+
+    Integer ``x`` (T, B) is a one-hot input, so its projection is a row gather ``Wx[x]``.
+    """
+    if np.issubdtype(x.dtype, np.integer):
+        xp = Wx[x]
+    else:
+        T, B, D = x.shape
+        xp = (x.reshape(T * B, D) @ Wx).reshape(T, B, -1)
+    xp += b
+    return xp
+
+
+def project_inputs_backward(x, dxp, Wx):
+    """Gradients of ``project_inputs``: returns (dWx, db, dx), each weight gradient one large product.
+
+    dxp: (T, B, G*H). For integer ``x`` the gradient is scattered back into rows and ``dx`` is None.
+    """
+    T, B, GH = dxp.shape
+    flat = dxp.reshape(T * B, GH)
+    db = flat.sum(axis=0)
+    if np.issubdtype(x.dtype, np.integer):
+        dWx = np.zeros_like(Wx)
+        np.add.at(dWx, x.reshape(-1), flat)
+        return dWx, db, None
+    xf = x.reshape(T * B, -1)
+    return xf.T @ flat, db, (flat @ Wx.T).reshape(x.shape)
+
+
+def check_mask(mask, T, B, dtype):
+    """``mask`` as a (T, B, 1) array of ``dtype`` (or None for no padding)."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != (T, B):
+        raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
+    return mask.astype(dtype)[:, :, None]
+
+
+def sigmoid(x, out=None):
+    """Numerically stable logistic function, computed as 0.5 * (1 + tanh(x / 2))."""
+    out = np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out += 1
+    out *= 0.5
+    return out
+
+
+def project_step(x_t, Wx):
+    """The input projection of one step (no bias): x_t (B,) ids → ``Wx[x_t]``, or (B, D) → ``x_t @ Wx``."""
+    x_t = np.asarray(x_t)
+    return Wx[x_t] if np.issubdtype(x_t.dtype, np.integer) else x_t @ Wx

@@ -1,0 +1,106 @@
+"""The GRU cell (the convention of cuDNN and PyTorch: the reset gate scales ``h Wh_n + bh``).
+
+    r, u = sigmoid(x Wx_r + h Wh_r + b_r,  x Wx_u + h Wh_u + b_u)
+    n = tanh(x Wx_n + b_n + r * (h Wh_n + bh))
+    h_t = (1 - u) * n + u * h_{t-1}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import CELLS
+from .base import Cell, check_mask, project_inputs, project_inputs_backward, project_step, sigmoid
+
+
+@CELLS.register("gru")
+class GRU(Cell):
+    gates = 3
+    state_size = 1
+
+    def init(self, input_size, hidden_size, rng, dtype=np.float32):
+        """As ``Cell.init``, plus the recurrent bias of the candidate, ``bh (H,)``."""
+        params = super().init(input_size, hidden_size, rng, dtype)
+        params["bh"] = np.zeros(hidden_size, dtype)
+        return params
+
+    def forward(self, x, state0, params, mask=None):
+        """x: (T, B) ids or (T, B, D); state0: (h0,) with h0 (B, H); mask: (T, B) or None.
+
+        Returns ((hs (T, B, H), (h_T,)), cache).
+        """
+        Wh, bh = params["Wh"], params["bh"]
+        gates = project_inputs(x, params["Wx"], params["b"])  # (T, B, 3H) → r, u, n in place
+        T, B, H3 = gates.shape
+        H = H3 // 3
+        m = check_mask(mask, T, B, gates.dtype)
+        hs = np.empty((T + 1, B, H), gates.dtype)
+        hn = np.empty((T, B, H), gates.dtype)  # h Wh_n + bh, needed by the backward pass
+        hs[0] = state0[0]
+        for t in range(T):
+            z, h = gates[t], hs[t]
+            hw = h @ Wh
+            z[:, :2 * H] += hw[:, :2 * H]
+            sigmoid(z[:, :2 * H], out=z[:, :2 * H])
+            np.add(hw[:, 2 * H:], bh, out=hn[t])
+            r, u, n = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
+            n += r * hn[t]
+            np.tanh(n, out=n)
+            new = hs[t + 1]
+            np.subtract(h, n, out=new)  # h_t = n + u * (h - n)
+            new *= u
+            new += n
+            if m is not None:
+                new -= h
+                new *= m[t]
+                new += h
+        cache = (x, gates, hs, hn, m, params)
+        return (hs[1:], (hs[T],)), cache
+
+    def backward(self, dhs, cache, dstate=None):
+        """dhs: (T, B, H); dstate: (dh_T,) or None.
+
+        Returns (grads {"Wx", "Wh", "b", "bh"}, (dx or None, (dh0,))).
+        """
+        x, gates, hs, hn, m, params = cache
+        Wh = params["Wh"]
+        T, B, H3 = gates.shape
+        H = H3 // 3
+        dt = gates.dtype
+        dh = np.zeros((B, H), dt) if dstate is None else dstate[0].astype(dt, copy=True)
+        dxp = np.empty_like(gates)   # gradients of the input-side pre-activations
+        dhw = np.empty_like(gates)   # gradients of h Wh (+ bh)
+        for t in reversed(range(T)):
+            dh += dhs[t]
+            z, h = gates[t], hs[t]
+            r, u, n = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
+            dnew = dh if m is None else dh * m[t]
+            d, dw = dxp[t], dhw[t]
+            dr, du, dn = d[:, :H], d[:, H:2 * H], d[:, 2 * H:]
+            np.multiply(dnew, (1 - u) * (1 - n * n), out=dn)
+            np.multiply(dnew, (h - n) * u * (1 - u), out=du)
+            np.multiply(dn, hn[t] * r * (1 - r), out=dr)
+            dw[:, :2 * H] = d[:, :2 * H]
+            np.multiply(dn, r, out=dw[:, 2 * H:])
+            direct = dnew * u
+            if m is not None:
+                direct += dh * (1 - m[t])
+            dh = dw @ Wh.T
+            dh += direct
+        flat_w = dhw.reshape(T * B, H3)
+        dWh = hs[:-1].reshape(T * B, H).T @ flat_w
+        dbh = flat_w[:, 2 * H:].sum(axis=0)
+        dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"])
+        return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,))
+
+    def step(self, x_t, state, params):
+        """One step for sampling: x_t (B,) ids or (B, D); state (h,). Returns (h,)."""
+        h = state[0]
+        H = h.shape[1]
+        xp = project_step(x_t, params["Wx"])
+        xp = xp + params["b"]
+        hw = h @ params["Wh"]
+        ru = sigmoid(xp[:, :2 * H] + hw[:, :2 * H])
+        r, u = ru[:, :H], ru[:, H:]
+        n = np.tanh(xp[:, 2 * H:] + r * (hw[:, 2 * H:] + params["bh"]))
+        return (n + u * (h - n),)
