@@ -14,6 +14,7 @@ registry is asked for its names. This module is plain Python: no Hydra, no MLflo
 from __future__ import annotations
 
 import difflib
+import importlib
 import fnmatch
 from importlib.metadata import entry_points
 
@@ -28,8 +29,9 @@ class UnknownPluginError(KeyError):
 class Registry:
     """Named plugins of one family (cells, optimizers, clipping policies, samplers, datasets)."""
 
-    def __init__(self, family: str):
+    def __init__(self, family: str, builtins: str | None = None):
         self.family = family
+        self._builtins = builtins  # module whose import registers the built-in plugins
         self._items: dict[str, object] = {}
         self._entry_points_loaded = False
 
@@ -47,6 +49,8 @@ class Registry:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        if self._builtins:
+            importlib.import_module(self._builtins)
         for ep in entry_points(group=f"rnnlab.{self.family}"):
             if ep.name not in self._items:
                 self.register(ep.name, ep.load())
@@ -81,8 +85,8 @@ class Registry:
         return f"Registry({self.family!r}, {self.names()})"
 
 
-CELLS = Registry("cells")
-OPTIMIZERS = Registry("optimizers")
-CLIPPERS = Registry("clipping")
-SAMPLERS = Registry("samplers")
-DATASETS = Registry("datasets")
+CELLS = Registry("cells", "rnnlab.cells")
+OPTIMIZERS = Registry("optimizers", "rnnlab.optim")
+CLIPPERS = Registry("clipping", "rnnlab.clipping")
+SAMPLERS = Registry("samplers", "rnnlab.sampling")
+DATASETS = Registry("datasets", "rnnlab.data")

@@ -28,7 +28,7 @@ __all__ = [
     "softmax", "sigmoid",
     "rnn_cell_forward", "rnn_forward", "rnn_cell_backward", "rnn_backward",
     "lstm_cell_forward", "lstm_forward", "lstm_cell_backward", "lstm_backward",
-    "initialize_parameters", "get_initial_loss", "smooth", "print_sample",
+    "initialize_parameters", "get_initial_loss", "smooth", "get_sample", "print_sample",
     "rnn_step_forward", "rnn_step_backward", "update_parameters",
     "char_rnn_forward", "char_rnn_backward",
     "clip", "sample", "optimize", "model",
@@ -254,11 +254,15 @@ def smooth(loss, cur_loss):
     return loss * 0.999 + cur_loss * 0.001
 
 
+def get_sample(sample_ix, ix_to_char):
+    """The sampled characters as text, first letter capitalised (the trailing newline kept)."""
+    txt = "".join(ix_to_char[ix] for ix in sample_ix)
+    return txt[0].upper() + txt[1:]
+
+
 def print_sample(sample_ix, ix_to_char):
     """Print the sampled characters, first letter capitalised, without adding a newline."""
-    txt = "".join(ix_to_char[ix] for ix in sample_ix)
-    txt = txt[0].upper() + txt[1:]
-    print("%s" % (txt,), end="")
+    print("%s" % (get_sample(sample_ix, ix_to_char),), end="")
 
 
 def rnn_step_forward(parameters, a_prev, x):
@@ -322,14 +326,14 @@ def char_rnn_backward(X, Y, parameters, cache):
 
 
 def clip(gradients, maxValue):
-    """Clip every gradient element-wise to [-maxValue, maxValue], in place.
+    """Clip every gradient element-wise to [-maxValue, maxValue].
 
-    Returns a dict with the keys dWaa, dWax, dWya, db, dby (the arrays passed in, now clipped).
+    Returns a new dict with exactly the keys dWaa, dWax, dWya, db, dby (``da_next`` is dropped). As in
+    the current course version the caller's arrays are left untouched (the oldest version clipped them
+    in place; the returned values are the same).
     """
-    names = ("dWaa", "dWax", "dWya", "db", "dby")
-    for name in names:
-        np.clip(gradients[name], -maxValue, maxValue, out=gradients[name])
-    return {name: gradients[name] for name in names}
+    return {name: np.clip(gradients[name], -maxValue, maxValue)
+            for name in ("dWaa", "dWax", "dWya", "db", "dby")}
 
 
 def sample(parameters, char_to_ix, seed):
@@ -372,7 +376,8 @@ def optimize(X, Y, a_prev, parameters, learning_rate=0.01):
     X, Y: lists of indices; a_prev: (n_a, 1). Updates ``parameters`` in place.
     Returns (loss, gradients, a_last) where a_last is the hidden state after the last character.
     """
-    loss, cache = char_rnn_forward(X, Y, a_prev, parameters)
+    vocab_size = parameters["by"].shape[0]  # the course's default of 27, for any vocabulary
+    loss, cache = char_rnn_forward(X, Y, a_prev, parameters, vocab_size)
     gradients, a = char_rnn_backward(X, Y, parameters, cache)
     gradients = clip(gradients, 5)
     parameters = update_parameters(parameters, gradients, learning_rate)

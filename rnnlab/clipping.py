@@ -1,0 +1,64 @@
+"""Gradient clipping policies. A policy clips a dict of gradients in place and returns the global
+L2 norm the gradients had before clipping (for logging)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .registry import CLIPPERS
+
+
+def global_norm(grads: dict) -> float:
+    """sqrt of the sum of squares of every gradient entry (accumulated in float64)."""
+    return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+
+
+@CLIPPERS.register("none")
+class NoClip:
+    def __call__(self, grads: dict) -> float:
+        return global_norm(grads)
+
+    def __repr__(self):
+        return "NoClip()"
+
+
+@CLIPPERS.register("value")
+class ValueClip:
+    """Element-wise clip to [-max_value, max_value], as the course's ``clip`` does."""
+
+    def __init__(self, max_value: float = 5.0):
+        if not max_value > 0:
+            raise ValueError(f"max_value must be > 0, got {max_value}")
+        self.max_value = float(max_value)
+
+    def __call__(self, grads: dict) -> float:
+        norm = global_norm(grads)
+        for g in grads.values():
+            np.clip(g, -self.max_value, self.max_value, out=g)
+        return norm
+
+    def __repr__(self):
+        return f"ValueClip(max_value={self.max_value})"
+
+
+@CLIPPERS.register("norm")
+class NormClip:
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``."""
+
+    def __init__(self, max_norm: float = 5.0):
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.max_norm = float(max_norm)
+
+    def __call__(self, grads: dict) -> float:
+        norm = global_norm(grads)
+        if norm > self.max_norm:
+            scale = self.max_norm / (norm + 1e-12)
+            for g in grads.values():
+                g *= scale
+        return norm
+
+    def __repr__(self):
+        return f"NormClip(max_norm={self.max_norm})"

@@ -1,0 +1,304 @@
+"""Vocabulary, corpora, splits and batches.
+
+Two datasets, registered in ``DATASETS``:
+
+* ``lines`` — one example per line (names). Each example is fed as ``[EOL] + chars`` and predicts
+  ``chars + [EOL]``; a batch pads examples to the longest and masks the padding.
+* ``text`` — running text, trained with truncated BPTT: the training text is cut into ``batch_size``
+  parallel streams read in consecutive chunks of ``seq_len`` characters; the hidden state is carried
+  from one chunk to the next and reset when the streams start again.
+
+The vocabulary is the sorted set of characters with the end-of-line ``"\\n"`` always at index 0, as in
+the course. Splits are deterministic functions of the seed. Batches are ``Batch(x, y, mask, reset)``
+with time-major ``(T, B)`` arrays; ``reset`` says whether the hidden state starts from zero.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from .registry import DATASETS
+
+EOL = "\n"
+_HERE = Path(__file__).resolve().parent
+# Installed, the datasets live in the package (rnnlab/data); in a source checkout, in the top-level data/.
+BUILTIN_DIR = _HERE / "data" if (_HERE / "data").is_dir() else _HERE.parent / "data"
+
+
+class DataError(ValueError):
+    """A corpus that cannot be used, with a message that says what and where."""
+
+
+class Batch(NamedTuple):
+    x: np.ndarray       # (T, B) int input ids
+    y: np.ndarray       # (T, B) int target ids
+    mask: np.ndarray    # (T, B) float, 1 for real characters
+    reset: bool         # start from a zero state (False: carry the state of the previous batch)
+
+
+def builtin_path(name: str = "dinos.txt") -> Path:
+    """Path of a dataset shipped with the package (``dinos.txt``)."""
+    return BUILTIN_DIR / name
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Read a UTF-8 corpus, with a clear error for a missing file, a directory or non-text bytes."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data file not found: {str(p)!r}")
+    if p.is_dir():
+        raise DataError(f"data path {str(p)!r} is a directory; expected a UTF-8 text file")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file {str(p)!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    if "\x00" in text:
+        raise DataError(f"data file {str(p)!r} contains NUL bytes; expected plain text")
+    if not text.strip():
+        raise DataError(f"data file {str(p)!r} is empty (no non-blank characters)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters ↔ indices; ``chars[0]`` is always the end-of-line ``"\\n"``."""
+    chars: tuple[str, ...]
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        return cls((EOL,) + tuple(sorted(set(text) - {EOL})))
+
+    def __post_init__(self):
+        if not self.chars or self.chars[0] != EOL:
+            raise ValueError("a vocabulary must start with the end-of-line character")
+        if len(set(self.chars)) != len(self.chars):
+            raise ValueError("a vocabulary must not repeat characters")
+        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
+
+    def __len__(self):
+        return len(self.chars)
+
+    @property
+    def char_to_ix(self) -> dict[str, int]:
+        return dict(self._index)
+
+    @property
+    def ix_to_char(self) -> dict[int, str]:
+        return dict(enumerate(self.chars))
+
+    def unknown(self, text: str) -> list[str]:
+        """The characters of ``text`` that are not in the vocabulary (sorted, unique)."""
+        return sorted(set(text) - set(self._index))
+
+    def encode(self, text: str) -> np.ndarray:
+        bad = self.unknown(text)
+        if bad:
+            raise DataError(f"characters not in the vocabulary: {''.join(bad)!r}; "
+                            f"allowed: {''.join(self.chars[1:])!r}")
+        return np.fromiter((self._index[c] for c in text), np.int64, len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def _check_fraction(name, value):
+    if not 0 <= value < 1:
+        raise DataError(f"{name} must be in [0, 1), got {value}")
+
+
+def unigram_nll(train_targets: np.ndarray, eval_targets: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/char) on ``eval_targets`` of the add-one-smoothed unigram of ``train_targets``."""
+    counts = np.bincount(train_targets, minlength=vocab_size).astype(np.float64) + 1
+    logp = np.log(counts / counts.sum())
+    return float(-logp[eval_targets].mean())
+
+
+@DATASETS.register("lines")
+class LineDataset:
+    """One example per line (e.g. names); blank lines are skipped.
+
+    The split is a permutation of the examples by ``seed``: the first ``val_fraction`` go to
+    validation, the next ``test_fraction`` to test, the rest to training.
+    """
+
+    def __init__(self, text: str, lowercase: bool = False, val_fraction: float = 0.1,
+                 test_fraction: float = 0.0, seed: int = 0, source: str = "<text>"):
+        _check_fraction("val_fraction", val_fraction)
+        _check_fraction("test_fraction", test_fraction)
+        if val_fraction + test_fraction >= 1:
+            raise DataError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+        if lowercase:
+            text = text.lower()
+        lines = [line.strip() for line in text.split(EOL)]
+        lines = [line for line in lines if line]
+        if not lines:
+            raise DataError(f"{source}: no non-blank lines")
+        self.source = source
+        self.vocab = Vocab.from_text("".join(lines))
+        order = np.random.default_rng(seed).permutation(len(lines))
+        n_val = int(round(val_fraction * len(lines)))
+        n_test = int(round(test_fraction * len(lines)))
+        if val_fraction > 0 and n_val == 0 or test_fraction > 0 and n_test == 0 \
+                or n_val + n_test >= len(lines):
+            raise DataError(f"{source}: {len(lines)} lines are too few for val_fraction={val_fraction} "
+                            f"and test_fraction={test_fraction} (each split needs at least one line)")
+        self.lines = {
+            "val": [lines[i] for i in order[:n_val]],
+            "test": [lines[i] for i in order[n_val:n_val + n_test]],
+            "train": [lines[i] for i in order[n_val + n_test:]],
+        }
+        self._encoded = {k: [self.vocab.encode(s) for s in v] for k, v in self.lines.items()}
+        self._epoch_order = (None, None)
+
+    @classmethod
+    def from_file(cls, path, **options) -> "LineDataset":
+        return cls(read_text(path), source=str(path), **options)
+
+    def __repr__(self):
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.lines.items())
+        return f"LineDataset({self.source!r}, vocab={len(self.vocab)}, {sizes})"
+
+    def num_chars(self, split: str) -> int:
+        """Number of predicted characters in a split (each line's characters plus its end)."""
+        return sum(len(s) + 1 for s in self._encoded[split])
+
+    def _pad(self, seqs) -> Batch:
+        T = max(len(s) for s in seqs) + 1
+        B = len(seqs)
+        x = np.zeros((T, B), np.int64)
+        y = np.zeros((T, B), np.int64)
+        mask = np.zeros((T, B), np.float64)
+        for b, s in enumerate(seqs):
+            n = len(s)
+            x[1:n + 1, b] = s       # x[0] is the EOL start token
+            y[:n, b] = s            # y[n] is the EOL end token
+            mask[:n + 1, b] = 1
+        return Batch(x, y, mask, True)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        n = len(self._encoded["train"])
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size > n:
+            raise DataError(f"batch_size={batch_size} is larger than the {n} training lines of {self.source}")
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        """The training batch of ``step``: a pure function of (seed, step), so a resumed run sees the
+        same batches. Every epoch is a fresh permutation of the training lines (drawn from
+        ``default_rng([seed, epoch])``) taken ``batch_size`` lines at a time."""
+        self.check_batch_size(batch_size)
+        data = self._encoded["train"]
+        per_epoch = len(data) // batch_size
+        epoch, i = divmod(step, per_epoch)
+        if self._epoch_order[0] != (seed, epoch):
+            self._epoch_order = ((seed, epoch), np.random.default_rng([seed, epoch]).permutation(len(data)))
+        order = self._epoch_order[1]
+        return self._pad([data[j] for j in order[i * batch_size:(i + 1) * batch_size]])
+
+    def eval_batches(self, split: str = "val", batch_size: int = 256) -> Iterator[Batch]:
+        """Every line of a split once, in batches of similar length (deterministic)."""
+        data = sorted(self._encoded[split], key=len)
+        for i in range(0, len(data), batch_size):
+            yield self._pad(data[i:i + batch_size])
+
+    def targets(self, split: str) -> np.ndarray:
+        """All target ids of a split, end-of-line included (for baselines)."""
+        seqs = self._encoded[split]
+        return np.concatenate([np.append(s, 0) for s in seqs]) if seqs else np.zeros(0, np.int64)
+
+
+@DATASETS.register("text")
+class TextDataset:
+    """Running text for truncated BPTT. The last ``val_fraction`` (and before it ``test_fraction``) of
+    the text are held out as contiguous blocks."""
+
+    def __init__(self, text: str, lowercase: bool = False, val_fraction: float = 0.1,
+                 test_fraction: float = 0.0, seq_len: int = 100, seed: int = 0, source: str = "<text>"):
+        _check_fraction("val_fraction", val_fraction)
+        _check_fraction("test_fraction", test_fraction)
+        if seq_len < 1:
+            raise DataError(f"seq_len must be >= 1, got {seq_len}")
+        if lowercase:
+            text = text.lower()
+        self.source = source
+        self.seq_len = seq_len
+        self.vocab = Vocab.from_text(text)
+        ids = self.vocab.encode(text)
+        n = len(ids)
+        n_val, n_test = int(val_fraction * n), int(test_fraction * n)
+        n_train = n - n_val - n_test
+        if n_train < seq_len + 1 or (val_fraction > 0 and n_val < 2) or (test_fraction > 0 and n_test < 2):
+            raise DataError(f"{source}: {n} characters are too few for seq_len={seq_len}, "
+                            f"val_fraction={val_fraction}, test_fraction={test_fraction}")
+        self.ids = {"train": ids[:n_train], "test": ids[n_train:n_train + n_test],
+                    "val": ids[n_train + n_test:]}
+        self._train_streams = (None, None)
+
+    @classmethod
+    def from_file(cls, path, **options) -> "TextDataset":
+        return cls(read_text(path), source=str(path), **options)
+
+    def __repr__(self):
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.ids.items())
+        return f"TextDataset({self.source!r}, vocab={len(self.vocab)}, seq_len={self.seq_len}, {sizes})"
+
+    def num_chars(self, split: str) -> int:
+        return max(len(self.ids[split]) - 1, 0)
+
+    def _streams(self, ids, batch_size):
+        L = (len(ids) - 1) // batch_size
+        if L < 1:
+            raise DataError(f"{self.source}: {len(ids)} characters cannot make {batch_size} streams")
+        return np.stack([ids[b * L: b * L + L + 1] for b in range(batch_size)], axis=1), L  # (L+1, B)
+
+    def _chunks(self, ids, batch_size) -> Iterator[Batch]:
+        streams, L = self._streams(ids, batch_size)
+        for i, start in enumerate(range(0, L, self.seq_len)):
+            stop = min(start + self.seq_len, L)
+            x, y = streams[start:stop], streams[start + 1:stop + 1]
+            yield Batch(x, y, np.ones(x.shape), i == 0)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if (len(self.ids["train"]) - 1) // batch_size < self.seq_len:
+            raise DataError(f"{self.source}: {len(self.ids['train'])} training characters are too few "
+                            f"for batch_size={batch_size} streams of seq_len={self.seq_len}")
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        """Chunk ``step`` (cyclic) of ``seq_len`` over ``batch_size`` streams; ``reset`` at each
+        stream start. Deterministic: the seed is not used (the text is read in order)."""
+        self.check_batch_size(batch_size)
+        if self._train_streams[0] != batch_size:
+            self._train_streams = (batch_size, self._streams(self.ids["train"], batch_size))
+        streams, L = self._train_streams[1]
+        n_chunks = -(-L // self.seq_len)
+        i = step % n_chunks
+        start, stop = i * self.seq_len, min((i + 1) * self.seq_len, L)
+        x, y = streams[start:stop], streams[start + 1:stop + 1]
+        return Batch(x, y, np.ones(x.shape), i == 0)
+
+    def eval_batches(self, split: str = "val", batch_size: int = 16) -> Iterator[Batch]:
+        """The split read once as ``batch_size`` streams (fewer if it is short), state carried."""
+        ids = self.ids[split]
+        yield from self._chunks(ids, max(1, min(batch_size, (len(ids) - 1) // self.seq_len or 1)))
+
+    def targets(self, split: str) -> np.ndarray:
+        return self.ids[split][1:]
+
+
+def load_dataset(kind: str, path=None, **options):
+    """Build a registered dataset from a file (the built-in ``dinos.txt`` when ``path`` is None)."""
+    cls = DATASETS.get(kind)
+    return cls.from_file(builtin_path() if path is None else path, **options)
+
+
+def perplexity(nats: float) -> float:
+    return math.exp(nats)

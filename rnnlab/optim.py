@@ -1,0 +1,135 @@
+"""Optimizers over flat dicts of arrays, updating them in place.
+
+    opt = OPTIMIZERS.build("adam", lr=0.01)
+    opt.step(params, grads)
+    state = opt.state_dict()      # plain arrays and numbers, for checkpoints
+
+Every optimizer keeps its per-parameter buffers in ``self.buffers[name][slot]`` and its step count in
+``self.t``, so checkpoints and resumes need no knowledge of its insides.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import OPTIMIZERS
+
+
+class Optimizer:
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, lr: float):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        self.lr = float(lr)
+        self.t = 0
+        self.buffers: dict[str, dict[str, np.ndarray]] = {}
+
+    def _buffers(self, name, like):
+        if name not in self.buffers:
+            self.buffers[name] = {slot: np.zeros_like(like) for slot in self.slots}
+        return self.buffers[name]
+
+    def step(self, params: dict, grads: dict) -> None:
+        """Update every parameter that has a gradient, in place."""
+        self.t += 1
+        for name, p in params.items():
+            self.update(p, grads[name], self._buffers(name, p))
+
+    def update(self, p, g, buf):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """{"t": step count, "<param>/<slot>": array, …}."""
+        state = {"t": self.t}
+        for name, slots in self.buffers.items():
+            for slot, value in slots.items():
+                state[f"{name}/{slot}"] = value
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["t"])
+        self.buffers = {}
+        for key, value in state.items():
+            if key == "t":
+                continue
+            name, slot = key.rsplit("/", 1)
+            self.buffers.setdefault(name, {})[slot] = np.array(value)
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k not in ("t", "buffers"))
+        return f"{type(self).__name__}({opts})"
+
+
+@OPTIMIZERS.register("sgd")
+class SGD(Optimizer):
+    """p -= lr * g."""
+
+    def update(self, p, g, buf):
+        p -= self.lr * g
+
+
+@OPTIMIZERS.register("momentum")
+class Momentum(Optimizer):
+    """Heavy-ball momentum: v = mu * v + g; p -= lr * v."""
+    slots = ("v",)
+
+    def __init__(self, lr: float, momentum: float = 0.9):
+        super().__init__(lr)
+        self.momentum = float(momentum)
+
+    def update(self, p, g, buf):
+        v = buf["v"]
+        v *= self.momentum
+        v += g
+        p -= self.lr * v
+
+
+@OPTIMIZERS.register("adagrad")
+class Adagrad(Optimizer):
+    """s += g²; p -= lr * g / (sqrt(s) + eps)."""
+    slots = ("s",)
+
+    def __init__(self, lr: float, eps: float = 1e-8):
+        super().__init__(lr)
+        self.eps = float(eps)
+
+    def update(self, p, g, buf):
+        s = buf["s"]
+        s += g * g
+        p -= self.lr * g / (np.sqrt(s) + self.eps)
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSProp(Optimizer):
+    """s = rho * s + (1 - rho) * g²; p -= lr * g / (sqrt(s) + eps)."""
+    slots = ("s",)
+
+    def __init__(self, lr: float, rho: float = 0.99, eps: float = 1e-8):
+        super().__init__(lr)
+        self.rho, self.eps = float(rho), float(eps)
+
+    def update(self, p, g, buf):
+        s = buf["s"]
+        s *= self.rho
+        s += (1 - self.rho) * g * g
+        p -= self.lr * g / (np.sqrt(s) + self.eps)
+
+
+@OPTIMIZERS.register("adam")
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma & Ba): m, v moving averages of g and g²."""
+    slots = ("m", "v")
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def update(self, p, g, buf):
+        m, v = buf["m"], buf["v"]
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * g * g
+        step = self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        p -= (step * m / (np.sqrt(v) + self.eps)).astype(p.dtype, copy=False)

@@ -1,0 +1,129 @@
+"""The training loop in library form: no Hydra, no MLflow, no printing.
+
+    history = train(lm, params, dataset, optimizer, clipper, steps=2000, batch_size=32, seed=0)
+
+Each step takes the batch of that step (a pure function of seed and step), runs forward and BPTT,
+clips, and updates the parameters in place. Every ``eval_every`` steps it measures the validation loss;
+every ``sample_every`` steps it generates samples. Callbacks hear about all of it (a logger, a progress
+bar, a checkpointer). A non-finite loss or gradient stops the run with ``TrainingDiverged``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import nats_to_bits
+from .sampling import SoftmaxSampler, generate
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+    def __init__(self, step: int, what: str, value: float):
+        self.step, self.what, self.value = step, what, value
+        super().__init__(f"training diverged at step {step}: {what} is {value}")
+
+
+class Callback:
+    """Hooks of the training loop; override what you need."""
+
+    def on_step(self, step: int, metrics: dict) -> None: ...
+    def on_eval(self, step: int, metrics: dict) -> None: ...
+    def on_samples(self, step: int, samples: list[str]) -> None: ...
+    def on_end(self, step: int, history: "History") -> None: ...
+
+
+@dataclass
+class History:
+    """What a run measured: per-step training figures and the periodic validation losses."""
+    step: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)        # nats/char of each step's batch
+    smooth_loss: list = field(default_factory=list)       # its exponential moving average
+    grad_norm: list = field(default_factory=list)         # before clipping
+    eval_step: list = field(default_factory=list)
+    val_nll: list = field(default_factory=list)           # nats/char on the validation split
+    samples: dict = field(default_factory=dict)           # step -> generated texts
+    state: object = None                                   # hidden state carried out of the last step
+    chars: int = 0                                         # characters trained on
+    seconds: float = 0.0                                   # time spent in training steps
+
+    @property
+    def best_val_nll(self) -> float:
+        return min(self.val_nll) if self.val_nll else math.inf
+
+
+def evaluate(lm, params, dataset, split: str = "val", batch_size: int = 256) -> float:
+    """Mean negative log-likelihood in nats per character over a whole split."""
+    total, count, state = 0.0, 0.0, None
+    for batch in dataset.eval_batches(split, batch_size):
+        if batch.reset:
+            state = None
+        loss, state = lm.loss(params, batch.x, batch.y, batch.mask, state)
+        n = float(batch.mask.sum())
+        total += loss * n
+        count += n
+    if count == 0:
+        raise ValueError(f"the {split!r} split is empty")
+    return total / count
+
+
+def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size: int = 32, seed: int = 0,
+          eval_every: int = 200, sample_every: int = 0, num_samples: int = 5, sampler=None,
+          start_step: int = 0, state=None, callbacks=(), smoothing: float = 0.98) -> History:
+    """Train ``params`` in place for steps ``start_step … steps - 1`` and return the ``History``.
+
+    state: the hidden state carried into ``start_step`` (running text; None for zeros). The final
+    validation loss is measured at the last step whatever ``eval_every`` is.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    dataset.check_batch_size(batch_size)
+    sampler = sampler or SoftmaxSampler()
+    hist = History()
+    smooth = None
+    for step in range(start_step, steps):
+        batch = dataset.train_batch(step, batch_size, seed)
+        if batch.reset:
+            state = None
+        t0 = time.perf_counter()
+        loss, grads, state = lm.loss_and_grads(params, batch.x, batch.y, batch.mask, state)
+        norm = clipper(grads)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(step, "the training loss", loss)
+        if not math.isfinite(norm):
+            raise TrainingDiverged(step, "the gradient norm", norm)
+        optimizer.step(params, grads)
+        dt = time.perf_counter() - t0
+        n_chars = int(batch.mask.sum())
+        hist.chars += n_chars
+        hist.seconds += dt
+        smooth = loss if smooth is None else smoothing * smooth + (1 - smoothing) * loss
+        hist.step.append(step)
+        hist.train_loss.append(loss)
+        hist.smooth_loss.append(smooth)
+        hist.grad_norm.append(norm)
+        metrics = {"train_loss": loss, "smooth_loss": smooth, "grad_norm": norm,
+                   "chars_per_sec": n_chars / dt if dt > 0 else math.inf}
+        for cb in callbacks:
+            cb.on_step(step, metrics)
+        last = step == steps - 1
+        if eval_every and ((step + 1) % eval_every == 0 or last):
+            val = evaluate(lm, params, dataset, "val")
+            hist.eval_step.append(step)
+            hist.val_nll.append(val)
+            for cb in callbacks:
+                cb.on_eval(step, {"val_nll": val, "val_bpc": nats_to_bits(val)})
+        if sample_every and ((step + 1) % sample_every == 0 or last):
+            rng = np.random.default_rng([seed, 1, step])
+            texts = generate(lm, params, dataset.vocab, sampler, rng, n=num_samples)
+            hist.samples[step] = texts
+            for cb in callbacks:
+                cb.on_samples(step, texts)
+    hist.state = state
+    for cb in callbacks:
+        cb.on_end(steps - 1, hist)
+    return hist

@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The reference corpora beside the checkout (../shared/data); never copied into the project.
+SHARED_DATA = Path(os.environ.get("RNNLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_file(name):
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"reference corpus {path} is not present on this machine")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def rnn_to_engine(p):
+    """Textbook RNN parameters (Wax, Waa, ba) → engine parameters (Wx, Wh, b)."""
+    return {"Wx": p["Wax"].T.copy(), "Wh": p["Waa"].T.copy(), "b": p["ba"].ravel().copy()}
+
+
+def lstm_to_engine(p, n_a):
+    """Textbook LSTM gates (f, i, c, o on [a_prev; x]) → engine fused (i, f, g, o) Wx, Wh, b."""
+    order = ("Wi", "Wf", "Wc", "Wo")
+    return {
+        "Wx": np.concatenate([p[k][:, n_a:].T for k in order], axis=1),
+        "Wh": np.concatenate([p[k][:, :n_a].T for k in order], axis=1),
+        "b": np.concatenate([p["b" + k[1]].ravel() for k in order]),
+    }
+
+
+def lstm_grads_from_engine(g, n_a):
+    """Engine LSTM gradients → the textbook's dWf, dWi, dWc, dWo, dbf, dbi, dbc, dbo."""
+    out = {}
+    for j, name in enumerate(("i", "f", "c", "o")):
+        cols = slice(j * n_a, (j + 1) * n_a)
+        out["dW" + name] = np.concatenate([g["Wh"][:, cols].T, g["Wx"][:, cols].T], axis=1)
+        out["db" + name] = g["b"][cols].reshape(-1, 1)
+    return out
