@@ -1,0 +1,83 @@
+"""The character LM: full-loss gradient checks (every cell, stacked, masked, carried state) and
+consistency of its pieces."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rnnlab.gradcheck import gradcheck
+from rnnlab.model import CharLM, nats_to_bits
+from rnnlab.registry import UnknownPluginError
+
+V, T, B, H = 7, 6, 4, 5
+
+
+def batch(rng):
+    x = rng.integers(0, V, (T, B))
+    y = rng.integers(0, V, (T, B))
+    mask = np.ones((T, B))
+    mask[4:, 1] = 0
+    mask[2:, 3] = 0
+    return x, y, mask
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_full_loss_gradcheck(cell, num_layers, rng):
+    lm = CharLM(V, cell, H, num_layers, dtype=np.float64)
+    params = lm.init_params(rng)
+    for k in params:
+        params[k] += rng.normal(0, 0.2, params[k].shape)
+    x, y, mask = batch(rng)
+    state0 = [tuple(rng.normal(0, 0.5, (B, H)) for _ in s) for s in lm.initial_state(B)]
+
+    loss, grads, _ = lm.loss_and_grads(params, x, y, mask, state0)
+    errors = gradcheck(lambda: lm.loss(params, x, y, mask, state0)[0], params, grads)
+    assert set(grads) == set(params)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_loss_is_per_unmasked_character(rng):
+    lm = CharLM(V, "lstm", H, dtype=np.float64)
+    params = lm.init_params(rng)
+    x, y, mask = batch(rng)
+    loss, _ = lm.loss(params, x, y, mask)
+    (logits, _), _ = lm.forward(params, x, mask=mask)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, y[..., None], -1)[..., 0]
+    assert loss == pytest.approx(-(picked * mask).sum() / mask.sum(), rel=1e-12)
+    assert nats_to_bits(math.log(2)) == pytest.approx(1.0)
+
+
+def test_untrained_model_is_close_to_uniform(rng):
+    lm = CharLM(27, "lstm", 32)
+    x, y = rng.integers(0, 27, (T, B)), rng.integers(0, 27, (T, B))
+    loss, _ = lm.loss(lm.init_params(rng), x, y)
+    assert abs(loss - math.log(27)) < 0.1
+
+
+def test_step_matches_forward(rng):
+    lm = CharLM(V, "gru", H, 2, dtype=np.float64)
+    params = lm.init_params(rng)
+    x, _, _ = batch(rng)
+    (logits, _), _ = lm.forward(params, x)
+    state = lm.initial_state(B)
+    for t in range(T):
+        step_logits, state = lm.step(params, x[t], state)
+        np.testing.assert_allclose(step_logits, logits[t], rtol=1e-10, atol=1e-12)
+
+
+def test_float32_model(rng):
+    lm = CharLM(V, "lstm", H)
+    params = lm.init_params(rng)
+    assert all(v.dtype == np.float32 for v in params.values())
+    _, grads, _ = lm.loss_and_grads(params, *batch(rng))
+    assert all(g.dtype == np.float32 for g in grads.values())
+
+
+def test_bad_model_arguments():
+    with pytest.raises(UnknownPluginError, match="Unknown cells 'lstn'.*Did you mean 'lstm'"):
+        CharLM(V, "lstn")
+    with pytest.raises(ValueError, match="hidden_size and num_layers must be >= 1"):
+        CharLM(V, "rnn", 0)
