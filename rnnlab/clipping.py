@@ -4,6 +4,7 @@ L2 norm the gradients had before clipping (for logging)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,12 @@ def global_norm(grads: dict) -> float:
 
 @CLIPPERS.register("none")
 class NoClip:
+    """No clipping (the norm is still measured)."""
+
+    @dataclass
+    class Config:
+        pass
+
     def __call__(self, grads: dict) -> float:
         return global_norm(grads)
 
@@ -27,6 +34,10 @@ class NoClip:
 @CLIPPERS.register("value")
 class ValueClip:
     """Element-wise clip to [-max_value, max_value], as the course's ``clip`` does."""
+
+    @dataclass
+    class Config:
+        max_value: float = 5.0
 
     def __init__(self, max_value: float = 5.0):
         if not max_value > 0:
@@ -46,6 +57,10 @@ class ValueClip:
 @CLIPPERS.register("norm")
 class NormClip:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``."""
+
+    @dataclass
+    class Config:
+        max_norm: float = 5.0
 
     def __init__(self, max_norm: float = 5.0):
         if not max_norm > 0:

@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -108,9 +108,9 @@ class Vocab:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-def _check_fraction(name, value):
-    if not 0 <= value < 1:
-        raise DataError(f"{name} must be in [0, 1), got {value}")
+def _check_fraction(name, value, allow_zero):
+    if not (0 <= value < 1 if allow_zero else 0 < value < 1):
+        raise DataError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1), got {value}")
 
 
 def unigram_nll(train_targets: np.ndarray, eval_targets: np.ndarray, vocab_size: int) -> float:
@@ -128,10 +128,17 @@ class LineDataset:
     validation, the next ``test_fraction`` to test, the rest to training.
     """
 
+    @dataclass
+    class Config:
+        path: Optional[str] = None      # None: the built-in dinos.txt
+        lowercase: bool = False
+        val_fraction: float = 0.1
+        test_fraction: float = 0.0
+
     def __init__(self, text: str, lowercase: bool = False, val_fraction: float = 0.1,
                  test_fraction: float = 0.0, seed: int = 0, source: str = "<text>"):
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
+        _check_fraction("val_fraction", val_fraction, allow_zero=False)
+        _check_fraction("test_fraction", test_fraction, allow_zero=True)
         if val_fraction + test_fraction >= 1:
             raise DataError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
         if lowercase:
@@ -145,8 +152,7 @@ class LineDataset:
         order = np.random.default_rng(seed).permutation(len(lines))
         n_val = int(round(val_fraction * len(lines)))
         n_test = int(round(test_fraction * len(lines)))
-        if val_fraction > 0 and n_val == 0 or test_fraction > 0 and n_test == 0 \
-                or n_val + n_test >= len(lines):
+        if n_val == 0 or (test_fraction > 0 and n_test == 0) or n_val + n_test >= len(lines):
             raise DataError(f"{source}: {len(lines)} lines are too few for val_fraction={val_fraction} "
                             f"and test_fraction={test_fraction} (each split needs at least one line)")
         self.lines = {
@@ -219,10 +225,18 @@ class TextDataset:
     """Running text for truncated BPTT. The last ``val_fraction`` (and before it ``test_fraction``) of
     the text are held out as contiguous blocks."""
 
+    @dataclass
+    class Config:
+        path: Optional[str] = None
+        lowercase: bool = False
+        val_fraction: float = 0.1
+        test_fraction: float = 0.0
+        seq_len: int = 100
+
     def __init__(self, text: str, lowercase: bool = False, val_fraction: float = 0.1,
                  test_fraction: float = 0.0, seq_len: int = 100, seed: int = 0, source: str = "<text>"):
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
+        _check_fraction("val_fraction", val_fraction, allow_zero=False)
+        _check_fraction("test_fraction", test_fraction, allow_zero=True)
         if seq_len < 1:
             raise DataError(f"seq_len must be >= 1, got {seq_len}")
         if lowercase:
@@ -234,7 +248,7 @@ class TextDataset:
         n = len(ids)
         n_val, n_test = int(val_fraction * n), int(test_fraction * n)
         n_train = n - n_val - n_test
-        if n_train < seq_len + 1 or (val_fraction > 0 and n_val < 2) or (test_fraction > 0 and n_test < 2):
+        if n_train < seq_len + 1 or n_val < 2 or (test_fraction > 0 and n_test < 2):
             raise DataError(f"{source}: {n} characters are too few for seq_len={seq_len}, "
                             f"val_fraction={val_fraction}, test_fraction={test_fraction}")
         self.ids = {"train": ids[:n_train], "test": ids[n_train:n_train + n_test],

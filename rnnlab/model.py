@@ -36,8 +36,9 @@ class CharLM:
                  num_layers: int = 1, dtype=np.float32):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-        if hidden_size < 1 or num_layers < 1:
-            raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size}, {num_layers}")
+        for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value}")
         self.vocab_size = vocab_size
         self.cell_name = cell
         self.cell = CELLS.build(cell)

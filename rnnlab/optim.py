@@ -10,18 +10,30 @@ Every optimizer keeps its per-parameter buffers in ``self.buffers[name][slot]`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .registry import OPTIMIZERS
+
+
+def _positive(name, value):
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def _unit(name, value):
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
 
 
 class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, lr: float):
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
-        self.lr = float(lr)
+        self.lr = _positive("lr", lr)
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {}
 
@@ -65,6 +77,10 @@ class Optimizer:
 class SGD(Optimizer):
     """p -= lr * g."""
 
+    @dataclass
+    class Config:
+        lr: float = 0.01
+
     def update(self, p, g, buf):
         p -= self.lr * g
 
@@ -74,8 +90,15 @@ class Momentum(Optimizer):
     """Heavy-ball momentum: v = mu * v + g; p -= lr * v."""
     slots = ("v",)
 
+    @dataclass
+    class Config:
+        lr: float = 0.01
+        momentum: float = 0.9
+
     def __init__(self, lr: float, momentum: float = 0.9):
         super().__init__(lr)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
 
     def update(self, p, g, buf):
@@ -90,9 +113,14 @@ class Adagrad(Optimizer):
     """s += g²; p -= lr * g / (sqrt(s) + eps)."""
     slots = ("s",)
 
+    @dataclass
+    class Config:
+        lr: float = 0.01
+        eps: float = 1e-8
+
     def __init__(self, lr: float, eps: float = 1e-8):
         super().__init__(lr)
-        self.eps = float(eps)
+        self.eps = _positive("eps", eps)
 
     def update(self, p, g, buf):
         s = buf["s"]
@@ -105,9 +133,15 @@ class RMSProp(Optimizer):
     """s = rho * s + (1 - rho) * g²; p -= lr * g / (sqrt(s) + eps)."""
     slots = ("s",)
 
+    @dataclass
+    class Config:
+        lr: float = 0.01
+        rho: float = 0.99
+        eps: float = 1e-8
+
     def __init__(self, lr: float, rho: float = 0.99, eps: float = 1e-8):
         super().__init__(lr)
-        self.rho, self.eps = float(rho), float(eps)
+        self.rho, self.eps = _unit("rho", rho), _positive("eps", eps)
 
     def update(self, p, g, buf):
         s = buf["s"]
@@ -121,9 +155,16 @@ class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba): m, v moving averages of g and g²."""
     slots = ("m", "v")
 
+    @dataclass
+    class Config:
+        lr: float = 0.01
+        beta1: float = 0.9
+        beta2: float = 0.999
+        eps: float = 1e-8
+
     def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.beta1, self.beta2, self.eps = _unit("beta1", beta1), _unit("beta2", beta2), _positive("eps", eps)
 
     def update(self, p, g, buf):
         m, v = buf["m"], buf["v"]

@@ -33,17 +33,28 @@ class Registry:
         self.family = family
         self._builtins = builtins  # module whose import registers the built-in plugins
         self._items: dict[str, object] = {}
+        self._schemas: dict[str, type | None] = {}
         self._entry_points_loaded = False
 
-    def register(self, name: str, obj=None):
-        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+    def register(self, name: str, obj=None, schema=None):
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator.
+
+        ``schema`` is the dataclass of the plugin's options (defaults to ``obj.Config`` if it has one):
+        the framework validates a config against it and offers the plugin on the command line.
+        """
         def add(target):
             if name in self._items and self._items[name] is not target:
                 raise ValueError(f"{self.family} plugin {name!r} is already registered "
                                  f"(by {self._items[name]!r})")
             self._items[name] = target
+            self._schemas[name] = schema or getattr(target, "Config", None)
             return target
         return add if obj is None else add(obj)
+
+    def schema(self, name: str):
+        """The options dataclass of plugin ``name`` (None when it takes no options)."""
+        self.get(name)
+        return self._schemas.get(name)
 
     def _load_entry_points(self):
         if self._entry_points_loaded:

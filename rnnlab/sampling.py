@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .registry import SAMPLERS
@@ -33,6 +35,10 @@ def _check_temperature(temperature):
 class SoftmaxSampler:
     """Sample from softmax(logits / temperature)."""
 
+    @dataclass
+    class Config:
+        temperature: float = 1.0
+
     def __init__(self, temperature: float = 1.0):
         self.temperature = _check_temperature(temperature)
 
@@ -50,6 +56,10 @@ class SoftmaxSampler:
 class GreedySampler(SoftmaxSampler):
     """Always the most likely character (deterministic)."""
 
+    @dataclass
+    class Config:
+        pass
+
     def __init__(self):
         self.temperature = 1.0
 
@@ -60,6 +70,11 @@ class GreedySampler(SoftmaxSampler):
 @SAMPLERS.register("topk")
 class TopKSampler(SoftmaxSampler):
     """Sample among the ``k`` most likely characters, renormalised."""
+
+    @dataclass
+    class Config:
+        k: int = 5
+        temperature: float = 1.0
 
     def __init__(self, k: int = 5, temperature: float = 1.0):
         if int(k) != k or k < 1:
@@ -78,6 +93,11 @@ class TopKSampler(SoftmaxSampler):
 @SAMPLERS.register("topp")
 class TopPSampler(SoftmaxSampler):
     """Nucleus sampling: the smallest set of most likely characters whose mass reaches ``p``."""
+
+    @dataclass
+    class Config:
+        p: float = 0.9
+        temperature: float = 1.0
 
     def __init__(self, p: float = 0.9, temperature: float = 1.0):
         if not 0 < p <= 1:

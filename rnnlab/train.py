@@ -31,6 +31,7 @@ class TrainingDiverged(FloatingPointError):
 class Callback:
     """Hooks of the training loop; override what you need."""
 
+    def on_start(self, step: int, history: "History") -> None: ...
     def on_step(self, step: int, metrics: dict) -> None: ...
     def on_eval(self, step: int, metrics: dict) -> None: ...
     def on_samples(self, step: int, samples: list[str]) -> None: ...
@@ -83,8 +84,10 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     dataset.check_batch_size(batch_size)
     sampler = sampler or SoftmaxSampler()
-    hist = History()
+    hist = History(state=state)
     smooth = None
+    for cb in callbacks:
+        cb.on_start(start_step, hist)
     for step in range(start_step, steps):
         batch = dataset.train_batch(step, batch_size, seed)
         if batch.reset:
@@ -106,6 +109,7 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
         hist.train_loss.append(loss)
         hist.smooth_loss.append(smooth)
         hist.grad_norm.append(norm)
+        hist.state = state
         metrics = {"train_loss": loss, "smooth_loss": smooth, "grad_norm": norm,
                    "chars_per_sec": n_chars / dt if dt > 0 else math.inf}
         for cb in callbacks:
@@ -123,7 +127,6 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
             hist.samples[step] = texts
             for cb in callbacks:
                 cb.on_samples(step, texts)
-    hist.state = state
     for cb in callbacks:
         cb.on_end(steps - 1, hist)
     return hist

@@ -79,5 +79,5 @@ def test_float32_model(rng):
 def test_bad_model_arguments():
     with pytest.raises(UnknownPluginError, match="Unknown cells 'lstn'.*Did you mean 'lstm'"):
         CharLM(V, "lstn")
-    with pytest.raises(ValueError, match="hidden_size and num_layers must be >= 1"):
+    with pytest.raises(ValueError, match="hidden_size must be an integer >= 1, got 0"):
         CharLM(V, "rnn", 0)

@@ -67,7 +67,7 @@ def test_optimizer_state_round_trip():
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adagrad", "rmsprop", "adam"])
 def test_optimizers_refuse_a_bad_learning_rate(name):
-    with pytest.raises(ValueError, match="learning rate must be > 0, got -1"):
+    with pytest.raises(ValueError, match="lr must be > 0, got -1"):
         OPTIMIZERS.build(name, lr=-1)
 
 

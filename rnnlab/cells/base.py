@@ -9,12 +9,20 @@ own), gates fused along the last axis.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
 class Cell:
     """Base class of the cells: subclasses set ``gates`` and ``state_size`` and implement
     ``forward``, ``backward`` and ``step``."""
+
+    @dataclass
+    class Config:
+        """Options of a cell in the character model (the same for every built-in cell)."""
+        hidden_size: int = 128
+        num_layers: int = 1
 
     gates = 1          # G: blocks of H columns in Wx, Wh, b
     state_size = 1     # number of (B, H) arrays in the state: h, or (h, c)

@@ -1,0 +1,71 @@
+"""The command line: ``python -m rnnlab [overrides]`` trains one model (or a sweep with ``-m``).
+
+A thin Hydra entry point. Plugin names are checked before Hydra composes (to answer a typo with the
+known names and a "did you mean"); the composed config is validated before any training; user mistakes
+end with a one-paragraph message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Checkpoint, CheckpointError
+from .config import CONF_DIR, ConfigError, available_options, check_choices, register_plugin_configs
+from .data import DataError
+
+log = logging.getLogger("rnnlab")
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def fail(message: str, code: int = 2):
+    """Report a user mistake on stderr and exit, without a traceback."""
+    print(f"rnnlab: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def config_path() -> str:
+    """Hydra's primary config location: the installed package, or conf/ of a source checkout."""
+    return "pkg://rnnlab.conf" if CONF_DIR.parent.name == "rnnlab" else str(CONF_DIR)
+
+
+def print_plugins() -> None:
+    """What is installed: every registry and every config group with its options."""
+    from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS
+    print("Plugins (registry: names; third-party packages add more through entry points "
+          "'rnnlab.<registry>'):")
+    for reg in (CELLS, OPTIMIZERS, CLIPPERS, SAMPLERS, DATASETS):
+        print(f"  {reg.family:<11} {', '.join(reg.names())}")
+    print("Config groups (choose with group=name):")
+    for group, names in available_options().items():
+        print(f"  {group:<11} {', '.join(names)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--plugins" in argv:
+        print_plugins()
+        return
+    try:
+        check_choices([a for a in argv if not a.startswith("-")])
+    except ConfigError as e:
+        fail(str(e))
+    import hydra
+
+    register_plugin_configs()
+    task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
+    sys.argv = [sys.argv[0] if sys.argv else "rnnlab"] + argv
+    task()
+
+
+def _task(cfg) -> float:
+    from .runner import run
+    try:
+        return run(cfg)
+    except USER_ERRORS as e:
+        fail(str(e))

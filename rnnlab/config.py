@@ -1,0 +1,180 @@
+"""Typed configuration: from a composed Hydra config to validated settings and built plugins.
+
+The config groups are the plugin registries: ``cell``, ``optimizer``, ``clip``, ``sampler``, ``data``
+(whose ``kind`` picks a dataset plugin) plus ``tracking``. A group's node names its plugin (``name``),
+and its other keys are checked against the plugin's options dataclass, so a typo, a wrong type or an
+impossible value stops the run before training with a ``ConfigError`` that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .data import DataError, builtin_path
+from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, UnknownPluginError
+
+GROUPS = {"cell": CELLS, "optimizer": OPTIMIZERS, "clip": CLIPPERS, "sampler": SAMPLERS}
+TRACKERS = ("mlflow", "none")
+HERE = Path(__file__).resolve().parent
+# Installed, the configs are the package rnnlab.conf; in a source checkout, the top-level conf/.
+CONF_DIR = HERE / "conf" if (HERE / "conf").is_dir() else HERE.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with a message naming the key and what is allowed."""
+
+
+@dataclass
+class RunSettings:
+    """The top-level knobs of a run."""
+    lr: float = 0.01
+    steps: int = 2000
+    batch_size: int = 32
+    seed: int = 0
+    dtype: str = "float32"
+    eval_every: int = 100
+    sample_every: int = 500
+    num_samples: int = 10
+    max_len: int = 50
+    log_every: int = 100
+    checkpoint_every: int = 500
+    resume: Optional[str] = None
+
+
+POSITIVE = ("lr", "steps", "batch_size", "eval_every", "num_samples", "max_len", "log_every",
+            "checkpoint_every")
+
+
+def _typed(schema, node, where: str):
+    """Merge ``node`` (a mapping) into ``schema`` (a dataclass): unknown keys and wrong types fail."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        msg = str(e).splitlines()[0]
+        allowed = ", ".join(f.name for f in fields(schema))
+        if "not in" in msg or "Key '" in msg and "not" in msg:
+            bad = getattr(e, "key", key)
+            close = difflib.get_close_matches(str(bad), [f.name for f in fields(schema)], n=1)
+            hint = f" Did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
+            raise ConfigError(f"Unknown key {where + '.' if where else ''}{bad}: the allowed keys "
+                              f"{'of ' + where + ' ' if where else ''}are {allowed}.{hint}") from None
+        name = f"{where}.{key}" if where and key else (key or where)
+        raise ConfigError(f"{name}: {msg}") from None
+
+
+def plugin_options(group: str, node) -> tuple[str, dict]:
+    """(plugin name, validated options dict) of a group node such as ``cfg.optimizer``."""
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    registry = DATASETS if group == "data" else GROUPS[group]
+    meta_keys = ("name", "kind") if group == "data" else ("name",)
+    name = node.get("kind") if group == "data" else node.get("name")
+    try:
+        schema = registry.schema(name)
+    except UnknownPluginError as e:
+        raise ConfigError(f"{group}{'.kind' if group == 'data' else ''}: {e}") from None
+    options = {k: v for k, v in node.items() if k not in meta_keys}
+    if schema is None:
+        if options:
+            raise ConfigError(f"{group} {name!r} takes no options, got {', '.join(options)}")
+        return name, {}
+    return name, vars(_typed(schema, options, group))
+
+
+def run_settings(cfg) -> RunSettings:
+    """The validated top-level knobs of ``cfg``."""
+    top = {f.name: cfg[f.name] for f in fields(RunSettings) if f.name in cfg}
+    settings = _typed(RunSettings, top, "")
+    for key in POSITIVE:
+        if not getattr(settings, key) > 0:
+            raise ConfigError(f"{key} must be > 0, got {getattr(settings, key)}")
+    if settings.sample_every < 0:
+        raise ConfigError(f"sample_every must be >= 0 (0: only at the end), got {settings.sample_every}")
+    if settings.dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be float32 or float64, got {settings.dtype!r}")
+    return settings
+
+
+def build(group: str, cfg):
+    """Build the plugin of ``group`` from ``cfg[group]``; a refused value becomes a ``ConfigError``."""
+    name, options = plugin_options(group, cfg[group])
+    try:
+        return GROUPS[group].build(name, **options)
+    except ValueError as e:
+        raise ConfigError(f"{group}.{e}") from None
+
+
+def build_dataset(cfg):
+    """The dataset of ``cfg.data`` (the built-in dinos.txt when ``path`` is null). The split is fixed
+    (seed 0) whatever the run's seed, so runs with different seeds are compared on the same data."""
+    kind, options = plugin_options("data", cfg.data)
+    path = options.pop("path", None)
+    try:
+        return DATASETS.get(kind).from_file(builtin_path() if path is None else path, seed=0, **options)
+    except DataError as e:
+        raise ConfigError(f"data: {e}") from None
+
+
+def check_choices(overrides: list[str]) -> None:
+    """Refuse an unknown plugin in ``group=name`` overrides (before Hydra composes anything)."""
+    options = available_options()
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in options:
+            continue
+        for choice in _choices(value):
+            if choice not in options[key]:
+                close = difflib.get_close_matches(choice, options[key], n=1)
+                hint = f" Did you mean {key}={close[0]}?" if close else ""
+                raise ConfigError(f"Unknown {key} {choice!r} in the override {ov!r}. "
+                                  f"Available {key} options: {', '.join(options[key])}.{hint}")
+
+
+def _choices(value: str) -> list[str]:
+    """The plain names of an override value: ``lstm`` or a sweep ``rnn,lstm`` (functions skipped)."""
+    if "(" in value or "$" in value:
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def available_options() -> dict[str, list[str]]:
+    """group -> selectable names: YAML files in conf/ plus registered plugins of that family."""
+    out = {}
+    for group in ("cell", "optimizer", "clip", "sampler", "data", "tracking"):
+        names = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+        if group in GROUPS:
+            names |= set(GROUPS[group].names())
+        out[group] = sorted(names)
+    return out
+
+
+def register_plugin_configs() -> None:
+    """Offer every registered plugin without a YAML file in conf/ as a Hydra group option, built from
+    its options dataclass (so a third-party plugin is selectable as soon as it is installed)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, registry in GROUPS.items():
+        for name in registry.names():
+            if (CONF_DIR / group / f"{name}.yaml").exists():
+                continue
+            schema = registry.schema(name)
+            node = {"name": name}
+            if schema is not None:
+                node.update(OmegaConf.to_container(OmegaConf.structured(schema)))
+            if group == "optimizer" and "lr" in node:
+                node["lr"] = "${lr}"
+            cs.store(group=group, name=name, node=node)
+
+
+def dtype_of(settings: RunSettings):
+    return np.dtype(settings.dtype)
