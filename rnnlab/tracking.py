@@ -1,0 +1,192 @@
+"""MLflow tracking: the only module that imports mlflow (lazily, when a run is tracked).
+
+The default store is the SQLite database ``mlflow.db`` in the directory the command was launched from,
+resolved to an absolute ``sqlite:///`` URI at launch; ``tracking.uri`` may name another store or an
+``http(s)://`` tracking server, which must answer within seconds or the run does not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import ConfigError
+from .model import nats_to_bits
+from .train import Callback
+
+log = logging.getLogger("rnnlab")
+FLUSH_EVERY = 500          # buffered metric values per log_batch call (MLflow takes up to 1000)
+
+
+def resolve_uri(uri: str | None, launch_dir: str | os.PathLike | None = None) -> str:
+    """The tracking URI: ``None`` → ``sqlite:///<launch dir>/mlflow.db``; a relative sqlite or file
+    path is made absolute against the launch directory."""
+    base = Path(launch_dir or os.getcwd()).resolve()
+    if not uri:
+        return f"sqlite:///{base / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        return f"sqlite:///{(base / uri).resolve()}" if uri.endswith(".db") else str((base / uri).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For an http(s) tracking server: fail fast, naming the URI, if it does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status >= 500:
+                raise OSError(f"HTTP {r.status}")
+    except (OSError, urllib.error.URLError) as e:
+        raise ConfigError(f"tracking.uri: the MLflow tracking server {uri} is unreachable ({e}); "
+                          f"start it, fix tracking.uri, or run with tracking=none") from None
+
+
+def ui_command(uri: str) -> str:
+    """The exact command that shows this store in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """Nested dicts/lists → {"a.b.c": value} with dotted keys."""
+    out = {}
+    items = d.items() if isinstance(d, dict) else enumerate(d)
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class MlflowTracker(Callback):
+    """Logs one run: params, buffered metrics, samples, checkpoints, config; ends with a status."""
+
+    def __init__(self, client, run_id: str, uri: str, experiment: str):
+        self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
+        self.buffer = []
+        self.final = {}
+
+    @classmethod
+    def start(cls, cfg, name: str, dataset, lm, launch_dir=None, parent_run_id: str | None = None,
+              extra_tags: dict | None = None):
+        uri = resolve_uri(cfg.tracking.get("uri"), launch_dir)
+        check_reachable(uri)
+        import mlflow
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        experiment = cfg.tracking.get("experiment") or "rnnlab"
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        overrides = _overrides()
+        tags = {"cell": lm.cell_name, "dataset": cfg.data.get("name", "?"),
+                "data.path": str(cfg.data.get("path") or "builtin:dinos.txt"),
+                "overrides": " ".join(overrides) or "(defaults)", "mlflow.runName": name,
+                "rnnlab.version": _version()}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        tags.update(extra_tags or {})
+        run = client.create_run(exp_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i:i + 100])
+        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+        client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
+        client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
+        del mlflow
+        return cls(client, run_id, uri, experiment)
+
+    # ----------------------------------------------------------------------------- callbacks
+    def _metric(self, key, value, step):
+        from mlflow.entities import Metric
+        self.buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        if len(self.buffer) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self):
+        while self.buffer:
+            chunk, self.buffer = self.buffer[:1000], self.buffer[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def on_step(self, step, m):
+        for key in ("train_loss", "grad_norm", "chars_per_sec"):
+            self._metric(key, m[key], step + 1)
+        self.final["train_loss"] = m["smooth_loss"]
+
+    def on_eval(self, step, m):
+        self._metric("val_nll", m["val_nll"], step + 1)
+        self._metric("val_bpc", m["val_bpc"], step + 1)
+        self.final.update(val_nll=m["val_nll"], val_bpc=m["val_bpc"])
+        self.flush()
+
+    def on_samples(self, step, samples):
+        self.client.log_text(self.run_id, "\n".join(samples) + "\n", f"samples/step_{step + 1:06d}.txt")
+
+    def log_checkpoint(self, kind, path):
+        self.client.log_artifact(self.run_id, str(path), "checkpoints")
+
+    def on_end(self, step, history):
+        self.flush()
+        if history.val_nll:
+            best = min(history.val_nll)
+            self._metric("best_val_nll", best, step + 1)
+            self._metric("best_val_bpc", nats_to_bits(best), step + 1)
+            self.final["best_val_nll"] = best
+        self.flush()
+
+    def finish(self, status: str = "FINISHED"):
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status)
+
+    def download_checkpoint(self, run_id: str, kind: str = "last") -> Path:
+        """The ``kind`` checkpoint logged by another run of this store (for resume=<run id>)."""
+        return download_checkpoint(self.client, run_id, kind)
+
+    def summary_lines(self) -> list[str]:
+        return [f"  MLflow run {self.run_id} in experiment {self.experiment!r} at {self.uri}",
+                f"  see it with: {ui_command(self.uri)}"]
+
+
+def download_checkpoint(client, run_id: str, kind: str = "last") -> Path:
+    from mlflow.exceptions import MlflowException
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
+    try:
+        return Path(client.download_artifacts(run_id, f"checkpoints/{kind}.npz"))
+    except (MlflowException, OSError) as e:
+        raise ConfigError(f"MLflow run {run_id} has no {kind} checkpoint ({e})") from None
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return []
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("rnnlab")
+    except Exception:  # noqa: BLE001 - not installed (source checkout)
+        return "source"
