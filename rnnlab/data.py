@@ -27,8 +27,8 @@ from .registry import DATASETS
 
 EOL = "\n"
 _HERE = Path(__file__).resolve().parent
-# Installed, the datasets live in the package (rnnlab/data); in a source checkout, in the top-level data/.
-BUILTIN_DIR = _HERE / "data" if (_HERE / "data").is_dir() else _HERE.parent / "data"
+# Installed, the datasets live in the package rnnlab.builtin; in a source checkout, in the top-level data/.
+BUILTIN_DIR = _HERE / "builtin" if (_HERE / "builtin").is_dir() else _HERE.parent / "data"
 
 
 class DataError(ValueError):
