@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError
-from .config import CONF_DIR, ConfigError, available_options, check_choices, register_plugin_configs
+from .config import CONF_DIR, ConfigError, available_options, check_overrides, register_plugin_configs
 from .data import DataError
 
 log = logging.getLogger("rnnlab")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         print_plugins()
         return
     try:
-        check_choices([a for a in argv if not a.startswith("-")])
+        check_overrides([a for a in argv if not a.startswith("-")])
     except ConfigError as e:
         fail(str(e))
     import hydra

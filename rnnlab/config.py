@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import DataError, builtin_path
@@ -33,18 +33,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunSettings:
-    """The top-level knobs of a run."""
-    lr: float = 0.01
-    steps: int = 2000
-    batch_size: int = 32
-    seed: int = 0
-    dtype: str = "float32"
-    eval_every: int = 100
-    sample_every: int = 500
-    num_samples: int = 10
-    max_len: int = 50
-    log_every: int = 100
-    checkpoint_every: int = 500
+    """The top-level knobs of a run (their defaults are in conf/config.yaml)."""
+    lr: float = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    dtype: str = MISSING
+    eval_every: int = MISSING
+    sample_every: int = MISSING
+    num_samples: int = MISSING
+    max_len: int = MISSING
+    log_every: int = MISSING
+    checkpoint_every: int = MISSING
     resume: Optional[str] = None
 
 
@@ -63,8 +63,7 @@ def _typed(schema, node, where: str):
         allowed = ", ".join(f.name for f in fields(schema))
         if "not in" in msg or "Key '" in msg and "not" in msg:
             bad = getattr(e, "key", key)
-            close = difflib.get_close_matches(str(bad), [f.name for f in fields(schema)], n=1)
-            hint = f" Did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
+            hint = _did_you_mean(bad, [f.name for f in fields(schema)], where + "." if where else "")
             raise ConfigError(f"Unknown key {where + '.' if where else ''}{bad}: the allowed keys "
                               f"{'of ' + where + ' ' if where else ''}are {allowed}.{hint}") from None
         name = f"{where}.{key}" if where and key else (key or where)
@@ -123,20 +122,63 @@ def build_dataset(cfg):
         raise ConfigError(f"data: {e}") from None
 
 
-def check_choices(overrides: list[str]) -> None:
-    """Refuse an unknown plugin in ``group=name`` overrides (before Hydra composes anything)."""
+def check_overrides(overrides: list[str], config_name: str = "config") -> None:
+    """Refuse, before Hydra composes anything, an unknown plugin in ``group=name`` and an unknown key in
+    ``key=value`` or ``group.key=value``, with the allowed names and a "did you mean"."""
     options = available_options()
+    primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
+    chosen = {}
+    for entry in primary.get("defaults", []):
+        if isinstance(entry, (dict, DictConfig)):
+            for group, name in entry.items():
+                chosen[str(group)] = name
+    plain = [ov for ov in overrides if "=" in ov and not ov.startswith(("+", "~"))]
     for ov in overrides:
         key, sep, value = ov.partition("=")
         key = key.lstrip("+~")
         if not sep or key not in options:
             continue
-        for choice in _choices(value):
+        choices = _choices(value)
+        for choice in choices:
             if choice not in options[key]:
-                close = difflib.get_close_matches(choice, options[key], n=1)
-                hint = f" Did you mean {key}={close[0]}?" if close else ""
                 raise ConfigError(f"Unknown {key} {choice!r} in the override {ov!r}. "
-                                  f"Available {key} options: {', '.join(options[key])}.{hint}")
+                                  f"Available {key} options: {', '.join(options[key])}."
+                                  f"{_did_you_mean(choice, options[key], key + '=')}")
+        chosen[key] = choices[0] if len(choices) == 1 else None
+    top = [k for k in primary if k not in ("defaults", "hydra")] + [g for g in options if g in chosen]
+    for ov in plain:
+        key = ov.partition("=")[0]
+        head, _, rest = key.partition(".")
+        if head == "hydra":
+            continue
+        if head not in top:
+            raise ConfigError(f"Unknown key {head!r} in the override {ov!r}. Allowed keys: "
+                              f"{', '.join(top)}.{_did_you_mean(head, top, '')}")
+        if rest and head in options and chosen.get(head):
+            allowed = group_keys(head, chosen[head])
+            sub = rest.split(".")[0]
+            if allowed is not None and sub not in allowed:
+                raise ConfigError(f"Unknown key {head}.{sub} in the override {ov!r}: {head} "
+                                  f"{chosen[head]!r} has the keys {', '.join(allowed)}."
+                                  f"{_did_you_mean(sub, allowed, head + '.')}")
+
+
+def _did_you_mean(word, candidates, prefix) -> str:
+    close = difflib.get_close_matches(str(word), list(candidates), n=1)
+    return f" Did you mean {prefix}{close[0]}?" if close else ""
+
+
+def group_keys(group: str, name: str) -> list[str] | None:
+    """The keys of option ``name`` of ``group``: its YAML's keys and its plugin's options."""
+    keys = []
+    path = CONF_DIR / group / f"{name}.yaml"
+    if path.exists():
+        keys = [k for k in OmegaConf.load(path) if k != "defaults"]
+    registry = GROUPS.get(group)
+    if registry is not None and name in registry:
+        schema = registry.schema(name)
+        keys += ["name"] + ([f.name for f in fields(schema)] if schema else [])
+    return sorted(set(keys)) or None
 
 
 def _choices(value: str) -> list[str]:

@@ -185,6 +185,10 @@ def run(cfg) -> float:
                      sample_every=settings.sample_every or settings.steps, num_samples=settings.num_samples,
                      sampler=sampler, start_step=start, state=state, callbacks=callbacks)
         status = "FINISHED"
+        if tracker:
+            best_path = out_dir / "checkpoints" / "best.npz"
+            tracker.model_uri = tracker.log_model(best_path if best_path.exists() else
+                                                  out_dir / "checkpoints" / "last.npz")
     finally:
         if tracker:
             tracker.finish(status)

@@ -77,6 +77,7 @@ class MlflowTracker(Callback):
         self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
         self.buffer = []
         self.final = {}
+        self.model_uri = None
 
     @classmethod
     def start(cls, cfg, name: str, dataset, lm, launch_dir=None, parent_run_id: str | None = None,
@@ -155,13 +156,30 @@ class MlflowTracker(Callback):
         finally:
             self.client.set_terminated(self.run_id, status)
 
+    def log_model(self, checkpoint_path) -> str | None:
+        """Log the model (code plus the checkpoint's arrays) as an MLflow pyfunc model of this run;
+        returns its model URI."""
+        import mlflow
+
+        code = Path(__file__).with_name("pyfunc_model.py")
+        package = Path(__file__).resolve().parent
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(code), artifacts={"checkpoint": str(checkpoint_path)},
+                code_paths=[str(package)], pip_requirements=["numpy>=2,<3", "mlflow>=3.17,<3.18"])
+        return info.model_uri
+
     def download_checkpoint(self, run_id: str, kind: str = "last") -> Path:
         """The ``kind`` checkpoint logged by another run of this store (for resume=<run id>)."""
         return download_checkpoint(self.client, run_id, kind)
 
     def summary_lines(self) -> list[str]:
-        return [f"  MLflow run {self.run_id} in experiment {self.experiment!r} at {self.uri}",
-                f"  see it with: {ui_command(self.uri)}"]
+        lines = [f"  MLflow run {self.run_id} in experiment {self.experiment!r} at {self.uri}"]
+        if self.model_uri:
+            lines.append(f"  model: mlflow.pyfunc.load_model({self.model_uri!r})")
+        lines.append(f"  see it with: {ui_command(self.uri)}")
+        return lines
 
 
 def download_checkpoint(client, run_id: str, kind: str = "last") -> Path:

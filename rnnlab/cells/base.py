@@ -21,7 +21,7 @@ class Cell:
     @dataclass
     class Config:
         """Options of a cell in the character model (the same for every built-in cell)."""
-        hidden_size: int = 128
+        hidden_size: int = 64
         num_layers: int = 1
 
     gates = 1          # G: blocks of H columns in Wx, Wh, b

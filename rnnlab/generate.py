@@ -1,0 +1,76 @@
+"""``python -m rnnlab.generate``: sample from a trained model, one sample per line.
+
+    python -m rnnlab.generate checkpoint=outputs/…/checkpoints/best.npz n=20 sampler=topk sampler.k=3
+    python -m rnnlab.generate run=<MLflow run id> prime=tyr seed=1
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, load, restore_model
+from .cli import USER_ERRORS, config_path, fail
+from .config import ConfigError, build, check_overrides, register_plugin_configs
+from .data import DataError
+from .sampling import generate
+
+
+def samples_from_checkpoint(path, sampler, n=10, prime="", seed=0, max_len=50, where=None) -> list[str]:
+    """Generate ``n`` samples from the checkpoint at ``path``."""
+    ckpt = load(path)
+    lm, params, vocab = restore_model(ckpt, where or str(path))
+    bad = vocab.unknown(prime)
+    if bad:
+        raise DataError(f"prime={prime!r} has characters outside the model's vocabulary: {''.join(bad)!r}; "
+                        f"allowed: {''.join(vocab.chars[1:])!r}")
+    # name models stop at the end of a line; running-text models run for max_len characters
+    stop = ((ckpt.meta.get("config") or {}).get("data") or {}).get("kind", "lines") == "lines"
+    return generate(lm, params, vocab, sampler, np.random.default_rng(seed), n=n, prime=prime,
+                    max_len=max_len, stop_at_eol=stop)
+
+
+def _task(cfg):
+    try:
+        if bool(cfg.checkpoint) == bool(cfg.run):
+            raise ConfigError("give exactly one of checkpoint=<path> or run=<MLflow run id>")
+        for key in ("n", "max_len"):
+            if not int(cfg[key]) >= 1:
+                raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+        if cfg.which not in ("best", "last"):
+            raise ConfigError(f"which must be best or last, got {cfg.which!r}")
+        sampler = build("sampler", cfg)
+        if cfg.checkpoint:
+            path, where = Path(str(cfg.checkpoint)).expanduser(), f"checkpoint={cfg.checkpoint}"
+        else:
+            from mlflow.tracking import MlflowClient
+
+            from .tracking import check_reachable, download_checkpoint, resolve_uri
+            uri = resolve_uri(cfg.tracking.get("uri"))
+            check_reachable(uri)
+            path, where = download_checkpoint(MlflowClient(uri), str(cfg.run), cfg.which), f"run={cfg.run}"
+        names = samples_from_checkpoint(path, sampler, int(cfg.n), str(cfg.prime or ""), int(cfg.seed),
+                                        int(cfg.max_len), where)
+    except USER_ERRORS as e:
+        fail(str(e))
+    print("\n".join(names), flush=True)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        check_overrides([a for a in argv if not a.startswith("-")], "generate")
+    except ConfigError as e:
+        fail(str(e))
+    import hydra
+
+    register_plugin_configs()
+    task = hydra.main(config_path=config_path(), config_name="generate", version_base="1.3")(_task)
+    sys.argv = [sys.argv[0] if sys.argv else "rnnlab.generate"] + argv
+    task()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The command line, run as a user runs it: in a subprocess, against a temporary MLflow store."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnlab.checkpoint import load
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["steps=30", "eval_every=10", "sample_every=15", "num_samples=3", "log_every=10",
+        "checkpoint_every=10", "cell.hidden_size=16"]
+
+
+def env(**extra):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [e.get("PYTHONPATH")] if p])
+    e.update(extra)
+    return e
+
+
+def cli(args, cwd, module="rnnlab", timeout=300, **extra_env):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(**extra_env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_dir(cwd: Path) -> Path:
+    return max((cwd / "outputs").glob("*/*"), key=lambda p: p.stat().st_mtime)
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One tracked run into a fresh store in a fresh directory."""
+    cwd = tmp_path_factory.mktemp("tracked")
+    out = cli(["cell=lstm", "lr=0.01", *FAST], cwd)
+    assert out.returncode == 0, out.stderr
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rnnlab")
+    (run,) = client.search_runs([exp.experiment_id])
+    return cwd, out.stdout + out.stderr, client, run, uri
+
+
+@pytest.mark.slow
+def test_tracked_run_logs_everything(tracked):
+    cwd, output, client, run, uri = tracked
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "lstm-h16-adam-lr0.01"
+    p = run.data.params
+    assert p["cell.name"] == "lstm" and p["cell.hidden_size"] == "16" and p["optimizer.lr"] == "0.01"
+    assert p["steps"] == "30" and p["data.name"] == "dinos" and p["clip.max_norm"] == "5.0"
+    tags = run.data.tags
+    assert tags["cell"] == "lstm" and tags["dataset"] == "dinos" and "lr=0.01" in tags["overrides"]
+    for key, n in [("train_loss", 30), ("grad_norm", 30), ("chars_per_sec", 30), ("val_nll", 3),
+                   ("val_bpc", 3)]:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert len(history) == n, key
+    val = [m.value for m in client.get_metric_history(run.info.run_id, "val_nll")]
+    bpc = [m.value for m in client.get_metric_history(run.info.run_id, "val_bpc")]
+    np.testing.assert_allclose(np.array(val) / np.log(2), bpc)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"samples", "checkpoints", "config"} <= artifacts
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert samples == {"samples/step_000015.txt", "samples/step_000030.txt"}
+    ckpts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert ckpts == {"checkpoints/last.npz", "checkpoints/best.npz"}
+    # the run says where to look
+    assert run.info.run_id in output
+    assert f"mlflow ui --backend-store-uri {uri}" in output
+    assert "final val_nll" in output
+
+
+@pytest.mark.slow
+def test_logged_model_generates_names(tracked):
+    cwd, output, client, run, uri = tracked
+    import mlflow
+    mlflow.set_tracking_uri(uri)
+    model_uri = output.split("mlflow.pyfunc.load_model('")[1].split("'")[0]
+    model = mlflow.pyfunc.load_model(model_uri)
+    names = model.predict({"n": 4, "prime": "ty", "seed": 3})
+    assert len(names) == 4 and all(n.startswith("ty") for n in names)
+    assert names == model.predict({"n": 4, "prime": "ty", "seed": 3})
+
+
+@pytest.mark.slow
+def test_generate_from_run_id_and_checkpoint(tracked):
+    cwd, output, client, run, uri = tracked
+    out = cli([f"run={run.info.run_id}", "n=7", "seed=2"], cwd, module="rnnlab.generate")
+    assert out.returncode == 0, out.stderr
+    names = out.stdout.splitlines()
+    assert len(names) == 7 and all(set(n) <= set("abcdefghijklmnopqrstuvwxyz") for n in names)
+    ckpt = run_dir(cwd) / "checkpoints" / "best.npz"
+    again = cli([f"checkpoint={ckpt}", "n=7", "seed=2"], cwd, module="rnnlab.generate")
+    assert again.stdout.splitlines() == names
+    topk = cli([f"checkpoint={ckpt}", "n=3", "prime=sa", "sampler=topk", "sampler.k=2"], cwd,
+               module="rnnlab.generate")
+    assert topk.returncode == 0 and all(n.startswith("sa") for n in topk.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_resume_is_bit_for_bit(tmp_path):
+    common = ["tracking=none", "cell=gru", *FAST]
+    full = cli(common, tmp_path)
+    assert full.returncode == 0, full.stderr
+    full_ckpt = load(run_dir(tmp_path) / "checkpoints" / "last.npz")
+    part = cli([*common, "steps=20"], tmp_path)
+    assert part.returncode == 0, part.stderr
+    part_path = run_dir(tmp_path) / "checkpoints" / "last.npz"
+    assert load(part_path).step == 20
+    resumed = cli([*common, f"resume={part_path}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    res_ckpt = load(run_dir(tmp_path) / "checkpoints" / "last.npz")
+    assert res_ckpt.step == full_ckpt.step == 30
+    for k in full_ckpt.params:
+        np.testing.assert_array_equal(res_ckpt.params[k], full_ckpt.params[k], err_msg=k)
+    for k in full_ckpt.optimizer:
+        np.testing.assert_array_equal(res_ckpt.optimizer[k], full_ckpt.optimizer[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_resume_from_mlflow_run_id(tmp_path):
+    first = cli(["cell=rnn", *FAST, "steps=20"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    second = cli(["cell=rnn", *FAST, f"resume={run.info.run_id}"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert load(run_dir(tmp_path) / "checkpoints" / "last.npz").step == 30
+
+
+BAD = [
+    (["lr=-1"], "lr must be > 0, got -1.0"),
+    (["cell.hidden_size=0"], "cell.hidden_size must be an integer >= 1, got 0"),
+    (["batch_size=0"], "batch_size must be > 0, got 0"),
+    (["steps=0"], "steps must be > 0, got 0"),
+    (["steps=abc"], "steps"),
+    (["sampler.temperature=0"], "sampler.temperature must be > 0"),
+    (["sampler=topp", "sampler.p=1.5"], "sampler.p must be in (0, 1]"),
+    (["sampler=topk", "sampler.k=0"], "sampler.k must be an integer >= 1"),
+    (["data.val_fraction=1.5"], "val_fraction must be in (0, 1)"),
+    (["cell=lstn"], "Unknown cell 'lstn'"),
+    (["optimizer=adamm"], "Did you mean optimizer=adam?"),
+    (["cell=rnn,lsmt"], "Did you mean cell=lstm?"),
+    (["+cell.hiden_size=3"], "Unknown key cell.hiden_size"),
+    (["cell.hiden_size=3"], "Did you mean cell.hidden_size?"),
+    (["stpes=3"], "Unknown key 'stpes' in the override 'stpes=3'. Allowed keys: lr, steps"),
+    (["optimizer=sgd", "optimizer.beta1=0.5"], "optimizer 'sgd' has the keys lr, name"),
+    (["data=lines", "data.path=/no/such/file.txt"], "data file not found: '/no/such/file.txt'"),
+    (["batch_size=5000"], "batch_size=5000 is larger than the 1199 training lines"),
+    (["dtype=float16"], "dtype must be float32 or float64"),
+    (["resume=/no/such.npz"], "checkpoint not found"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_a_clear_error(tmp_path, args, message):
+    out = cli(["tracking=none", *args], tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_plugins_listing(tmp_path):
+    out = cli(["--plugins"], tmp_path)
+    assert out.returncode == 0
+    assert "cells       gru, lstm, rnn" in out.stdout
+    assert "optimizers  adagrad, adam, momentum, rmsprop, sgd" in out.stdout
+
+
+IMPORTS_MLFLOW = textwrap.dedent("""
+    import atexit, sys
+    atexit.register(lambda: print("MLFLOW_IMPORTED=" + str("mlflow" in sys.modules), file=sys.stderr))
+    sys.argv = ["rnnlab", *sys.argv[1:]]
+    from rnnlab.cli import main
+    main()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, imported", [(["--help"], False), (["tracking=none", *FAST], False),
+                                            ([*FAST], True)])
+def test_mlflow_is_imported_only_when_tracking(tmp_path, args, imported):
+    out = subprocess.run([sys.executable, "-c", IMPORTS_MLFLOW, *args], cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=300)
+    assert f"MLFLOW_IMPORTED={imported}" in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_third_party_plugin_through_entry_points(tmp_path):
+    """A package that declares an ``rnnlab.cells`` entry point is listed and selectable."""
+    pkg = tmp_path / "plugin"
+    (pkg / "tinycell").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=69"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "rnnlab-tinycell"
+        version = "0.1"
+        [project.entry-points."rnnlab.cells"]
+        tinyrnn = "tinycell:TinyRNN"
+    """))
+    (pkg / "tinycell" / "__init__.py").write_text(textwrap.dedent("""
+        from rnnlab.cells import RNN
+
+        class TinyRNN(RNN):
+            '''An RNN under another name: the plugin only has to follow the cell interface.'''
+    """))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                    str(pkg)], check=True, capture_output=True)
+    extra = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
+    listing = cli(["--plugins"], tmp_path, PYTHONPATH=extra["PYTHONPATH"])
+    assert "tinyrnn" in listing.stdout
+    out = cli(["tracking=none", "cell=tinyrnn", "cell.hidden_size=8", *FAST[:5]], tmp_path,
+              PYTHONPATH=extra["PYTHONPATH"])
+    assert out.returncode == 0, out.stderr
+    ckpt = load(run_dir(tmp_path) / "checkpoints" / "last.npz")
+    assert ckpt.meta["model"]["cell"] == "tinyrnn" and ckpt.meta["model"]["hidden_size"] == 8
