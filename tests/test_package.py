@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +35,16 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     assert probe.stdout.split() == [str(target / "rnnlab" / "builtin"), str(target / "rnnlab" / "conf")]
 
 
-def readme_blocks():
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def readme_block(marker):
+    """The README's Python example that contains ``marker``."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return block
 
 
 @pytest.mark.slow
 def test_readme_library_example_runs():
-    code = readme_blocks()[0].replace("steps=1000", "steps=100")
+    code = readme_block("history = train(").replace("steps=1000", "steps=100")
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["history"].val_nll
@@ -48,12 +52,25 @@ def test_readme_library_example_runs():
 
 @pytest.mark.slow
 def test_readme_textbook_example_runs(capsys):
-    code = readme_blocks()[2].replace("num_iterations=20001", "num_iterations=2001")
+    code = readme_block("textbook as tb").replace("num_iterations=20001", "num_iterations=2001")
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "[-0.99999375  0.77911235 -0.99861469 -0.99833267]" in out
     assert "Iteration: 2000, Loss:" in out
+
+
+def test_readme_plugin_example_registers_and_optimizes():
+    namespace = {}
+    exec(compile(readme_block("SignSGD"), "README.md", "exec"), namespace)
+    from rnnlab.registry import OPTIMIZERS
+    try:
+        opt = OPTIMIZERS.build("signsgd", lr=0.5)
+        params = {"w": np.array([1.0, -1.0])}
+        opt.step(params, {"w": np.array([3.0, -0.1])})
+        np.testing.assert_allclose(params["w"], [0.5, -0.5])
+    finally:
+        OPTIMIZERS._items.pop("signsgd", None)
 
 
 def test_core_imports_no_framework():
