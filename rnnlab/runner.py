@@ -48,8 +48,8 @@ class Progress(Callback):
     def on_step(self, step, m):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{m['smooth_loss']:.3f}", val=f"{self.last_val:.3f}",
-                                 refresh=False)
+            val = "-" if math.isnan(self.last_val) else f"{self.last_val:.3f}"
+            self.bar.set_postfix(loss=f"{m['smooth_loss']:.3f}", val=val, refresh=False)
         elif (step + 1) % self.log_every == 0 or step + 1 == self.steps:
             log.info("step %d/%d  train_loss %.4f  grad_norm %.2f  %.0f chars/s", step + 1, self.steps,
                      m["smooth_loss"], m["grad_norm"], m["chars_per_sec"])
