@@ -45,12 +45,8 @@ def _task(cfg):
         if cfg.checkpoint:
             path, where = Path(str(cfg.checkpoint)).expanduser(), f"checkpoint={cfg.checkpoint}"
         else:
-            from mlflow.tracking import MlflowClient
-
-            from .tracking import check_reachable, download_checkpoint, resolve_uri
-            uri = resolve_uri(cfg.tracking.get("uri"))
-            check_reachable(uri)
-            path, where = download_checkpoint(MlflowClient(uri), str(cfg.run), cfg.which), f"run={cfg.run}"
+            from .tracking import download_checkpoint
+            path, where = download_checkpoint(cfg, str(cfg.run), cfg.which), f"run={cfg.run}"
         names = samples_from_checkpoint(path, sampler, int(cfg.n), str(cfg.prime or ""), int(cfg.seed),
                                         int(cfg.max_len), where)
     except USER_ERRORS as e:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,9 +22,55 @@ from .config import (TRACKERS, ConfigError, RunSettings, build, build_dataset, p
                      run_settings)
 from .data import DataError
 from .model import CharLM, nats_to_bits
-from .train import Callback, train
+from .train import Callback, TrainingDiverged, train
 
 log = logging.getLogger("rnnlab")
+DIVERGED_LOSS = 1e6   # what a diverged trial reports to a sweep: finite (a NaN would abort Optuna), and bad
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+class StopRequested(Exception):
+    def __init__(self, step: int, signal_number: int):
+        self.step, self.signal = step, signal_number
+        self.signal_name = signal.Signals(signal_number).name
+        super().__init__(f"{self.signal_name} after step {step}")
+
+
+class SignalStop(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM asks the run to stop at the end of the current step, where its
+    state is whole and can be checkpointed; a second signal stops at once."""
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (e.g. not in a thread pool)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: stopping after this step (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def on_step(self, step, metrics):
+        if self.received is not None:
+            raise StopRequested(step + 1, self.received)
 
 
 def run_name(cell: dict, cell_name: str, optimizer: str, lr: float) -> str:
@@ -70,6 +118,17 @@ class Progress(Callback):
             self.bar.close()
 
 
+class SampleWriter(Callback):
+    """Keeps every batch of samples as ``samples/step_NNNNNN.txt`` in the run's output directory."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def on_samples(self, step, samples):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / f"step_{step + 1:06d}.txt").write_text("\n".join(samples) + "\n")
+
+
 class Checkpointer(Callback):
     """Writes ``last.npz`` every ``every`` steps and at the end, ``best.npz`` at each new best
     validation loss. ``on_saved(kind, path)`` hears of every file written."""
@@ -82,27 +141,34 @@ class Checkpointer(Callback):
         self.on_saved = on_saved
         self.history = None
         self.step_done = 0
+        self.latest = None
 
     def on_start(self, step, history):
         self.history = history
 
     def save(self, kind: str):
+        bad = [k for k, v in self.params.items() if not np.all(np.isfinite(v))]
+        if bad:  # never overwrite a good checkpoint with a broken state
+            log.error("not writing the %s checkpoint at step %d: %s hold NaN/inf", kind, self.step_done,
+                      ", ".join(bad))
+            return None
         meta = dict(self.meta, step=self.step_done, best_val_nll=self.best)
         path = ckpt_io.save(self.dir / f"{kind}.npz", ckpt_io.Checkpoint(
             params=self.params, meta=meta, optimizer=self.optimizer.state_dict(), state=self.history.state))
+        self.latest = path
         if self.on_saved:
             self.on_saved(kind, path)
         return path
 
     def on_step(self, step, metrics):
         self.step_done = step + 1
+        if self.step_done % self.every == 0:
+            self.save("last")
 
     def on_eval(self, step, metrics):
         if metrics["val_nll"] < self.best:
             self.best = metrics["val_nll"]
             self.save("best")
-        if self.step_done % self.every == 0:
-            self.save("last")
 
     def on_end(self, step, history):
         self.save("last")
@@ -115,11 +181,12 @@ def _model(ds, cell_name, cell_opts, settings):
         raise ConfigError(f"cell.{e}") from None
 
 
-def _resume(source: str, lm, vocab, optimizer, tracker):
+def _resume(source: str, lm, vocab, optimizer, cfg):
     """Load the checkpoint to resume from: a path, or an MLflow run id (its last checkpoint)."""
     path = Path(source).expanduser()
-    if not path.exists() and tracker is not None and not any(c in source for c in "/\\."):
-        path = tracker.download_checkpoint(source)
+    if not path.exists() and not any(c in source for c in "/\\.") and cfg.tracking.name == "mlflow":
+        from .tracking import download_checkpoint
+        path = download_checkpoint(cfg, source)
     ckpt = ckpt_io.load(path)
     ckpt_io.validate(ckpt, lm, f"resume={source}")
     if tuple(ckpt.meta.get("vocab", ())) != vocab.chars:
@@ -153,15 +220,10 @@ def run(cfg) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     name = run_name(cell_opts, cell_name, opt_name, settings.lr)
 
-    tracker = None
-    if tracking == "mlflow":
-        from .tracking import MlflowTracker
-        tracker = MlflowTracker.start(cfg, name=name, dataset=ds, lm=lm)
-
     params = lm.init_params(np.random.default_rng(settings.seed))
     start, state, best = 0, None, math.inf
     if settings.resume:
-        ckpt = _resume(settings.resume, lm, ds.vocab, optimizer, tracker)
+        ckpt = _resume(settings.resume, lm, ds.vocab, optimizer, cfg)
         params, start, state = ckpt.params, ckpt.step, ckpt.state
         best = float(ckpt.meta.get("best_val_nll", math.inf))
         if start >= settings.steps:
@@ -169,29 +231,60 @@ def run(cfg) -> float:
                               f"steps={settings.steps}; ask for more steps")
         log.info("resuming from %s at step %d", settings.resume, start)
 
+    tracker = None
+    if tracking == "mlflow":
+        from .tracking import MlflowTracker
+        tracker = MlflowTracker.start(cfg, name=name, dataset=ds, lm=lm, out_dir=out_dir)
+
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "seed": settings.seed,
             "run_name": name}
     checkpointer = Checkpointer(out_dir / "checkpoints", lm, params, optimizer, ds.vocab, meta,
                                 settings.checkpoint_every, best,
                                 on_saved=tracker.log_checkpoint if tracker else None)
-    callbacks = [Progress(settings.steps, settings.log_every), checkpointer]
+    stopper = SignalStop()
+    callbacks = [Progress(settings.steps, settings.log_every), SampleWriter(out_dir / "samples"), checkpointer]
     if tracker:
         callbacks.append(tracker)
+    callbacks.append(stopper)  # last: the step is checkpointed and logged before a stop
     log.info("%s: %r on %r, %s, %s, %s", name, lm, ds, optimizer, clipper, sampler)
-    status = "FAILED"
+    status, reason, hist = "FAILED", None, None
+    stopper.install()
     try:
-        hist = train(lm, params, ds, optimizer, clipper, steps=settings.steps,
-                     batch_size=settings.batch_size, seed=settings.seed, eval_every=settings.eval_every,
-                     sample_every=settings.sample_every or settings.steps, num_samples=settings.num_samples,
-                     sampler=sampler, start_step=start, state=state, callbacks=callbacks)
+        with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf is caught and reported by train()
+            hist = train(lm, params, ds, optimizer, clipper, steps=settings.steps,
+                         batch_size=settings.batch_size, seed=settings.seed, eval_every=settings.eval_every,
+                         sample_every=settings.sample_every or settings.steps,
+                         num_samples=settings.num_samples, sampler=sampler, start_step=start, state=state,
+                         callbacks=callbacks)
         status = "FINISHED"
         if tracker:
             best_path = out_dir / "checkpoints" / "best.npz"
-            tracker.model_uri = tracker.log_model(best_path if best_path.exists() else
-                                                  out_dir / "checkpoints" / "last.npz")
+            tracker.log_model(best_path if best_path.exists() else out_dir / "checkpoints" / "last.npz")
+    except TrainingDiverged as e:
+        reason = f"{e}; the last good checkpoint is {checkpointer.latest or 'none (none was written)'}"
+    except StopRequested as e:
+        status, stop_signal = "KILLED", e.signal
+        path = checkpointer.save("last")
+        reason = f"stopped by {e.signal_name} after step {e.step}; checkpoint {path}"
+    except BaseException as e:  # a crash or a second Ctrl-C: say why the run failed, then re-raise
+        reason = f"{type(e).__name__}: {e}"
+        raise
     finally:
+        stopper.restore()
         if tracker:
-            tracker.finish(status)
+            tracker.finish(status, reason)
+    if status == "KILLED":
+        log.warning("%s", reason)
+        print(f"rnnlab: {reason}\nresume with: python -m rnnlab resume={checkpointer.dir / 'last.npz'} "
+              f"<the same overrides>", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stop_signal)
+    if status == "FAILED":
+        log.error("%s", reason)
+        if _multirun():
+            log.error("this trial reports val_nll=%g to the sweep, which goes on", DIVERGED_LOSS)
+            return DIVERGED_LOSS
+        print(f"rnnlab: error: {reason}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
     final = hist.val_nll[-1]
     seconds = time.perf_counter() - t_start
     last_samples = hist.samples[max(hist.samples)] if hist.samples else []

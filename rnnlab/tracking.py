@@ -73,23 +73,25 @@ def flatten(d, prefix: str = "") -> dict:
 class MlflowTracker(Callback):
     """Logs one run: params, buffered metrics, samples, checkpoints, config; ends with a status."""
 
-    def __init__(self, client, run_id: str, uri: str, experiment: str):
+    def __init__(self, client, run_id: str, uri: str, experiment: str, out_dir=None):
         self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
+        self.out_dir = Path(out_dir) if out_dir else None
         self.buffer = []
         self.final = {}
         self.model_uri = None
+        self.failing_since = None   # the first error of an outage of the tracking store
+        self.errors = 0
+        self.retry_at = 0.0         # during an outage, no call before this time (time.monotonic())
+        self.backoff = 5.0
+        self.skipped = []           # artifacts not sent during an outage
 
     @classmethod
-    def start(cls, cfg, name: str, dataset, lm, launch_dir=None, parent_run_id: str | None = None,
-              extra_tags: dict | None = None):
-        uri = resolve_uri(cfg.tracking.get("uri"), launch_dir)
-        check_reachable(uri)
-        import mlflow
+    def start(cls, cfg, name: str, dataset, lm, out_dir=None, launch_dir=None,
+              parent_run_id: str | None = None, extra_tags: dict | None = None):
         from mlflow.entities import Param, RunTag
-        from mlflow.tracking import MlflowClient
 
+        client, uri = connect(cfg, launch_dir)
         experiment = cfg.tracking.get("experiment") or "rnnlab"
-        client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         overrides = _overrides()
@@ -109,8 +111,29 @@ class MlflowTracker(Callback):
         client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
         client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
         client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
-        del mlflow
-        return cls(client, run_id, uri, experiment)
+        return cls(client, run_id, uri, experiment, out_dir)
+
+    def _safe(self, what: str, call, *args, force: bool = False, **kwargs) -> bool:
+        """Call the store; on failure remember the outage, warn once, back off (no call for a while,
+        doubling up to a minute) and go on training."""
+        if not force and time.monotonic() < self.retry_at:
+            return False
+        try:
+            call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any store/network error must not stop training
+            self.errors += 1
+            self.retry_at = time.monotonic() + self.backoff
+            self.backoff = min(2 * self.backoff, 60.0)
+            if self.failing_since is None:
+                self.failing_since = f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                log.warning("MLflow tracking at %s failed (%s); training goes on, metrics are kept "
+                            "and retried", self.uri, self.failing_since)
+            return False
+        if self.failing_since is not None:
+            log.warning("MLflow tracking at %s is back", self.uri)
+            self.failing_since = None
+        self.retry_at, self.backoff = 0.0, 5.0
+        return True
 
     # ----------------------------------------------------------------------------- callbacks
     def _metric(self, key, value, step):
@@ -119,10 +142,14 @@ class MlflowTracker(Callback):
         if len(self.buffer) >= FLUSH_EVERY:
             self.flush()
 
-    def flush(self):
+    def flush(self, force: bool = False) -> bool:
+        """Send the buffered metrics; what cannot be sent stays buffered for the next try."""
         while self.buffer:
-            chunk, self.buffer = self.buffer[:1000], self.buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            chunk = self.buffer[:1000]
+            if not self._safe("log_batch", self.client.log_batch, self.run_id, metrics=chunk, force=force):
+                return False
+            del self.buffer[:len(chunk)]
+        return True
 
     def on_step(self, step, m):
         for key in ("train_loss", "grad_norm", "chars_per_sec"):
@@ -136,10 +163,13 @@ class MlflowTracker(Callback):
         self.flush()
 
     def on_samples(self, step, samples):
-        self.client.log_text(self.run_id, "\n".join(samples) + "\n", f"samples/step_{step + 1:06d}.txt")
+        name = f"samples/step_{step + 1:06d}.txt"
+        if not self._safe("log_text", self.client.log_text, self.run_id, "\n".join(samples) + "\n", name):
+            self.skipped.append(name)
 
     def log_checkpoint(self, kind, path):
-        self.client.log_artifact(self.run_id, str(path), "checkpoints")
+        if not self._safe("log_artifact", self.client.log_artifact, self.run_id, str(path), "checkpoints"):
+            self.skipped.append(f"checkpoints/{kind}.npz")
 
     def on_end(self, step, history):
         self.flush()
@@ -150,29 +180,53 @@ class MlflowTracker(Callback):
             self.final["best_val_nll"] = best
         self.flush()
 
-    def finish(self, status: str = "FINISHED"):
-        try:
-            self.flush()
-        finally:
-            self.client.set_terminated(self.run_id, status)
+    def finish(self, status: str = "FINISHED", reason: str | None = None):
+        """Flush, tag the reason of a failure or a stop, and end the run with ``status``. Metrics the
+        store never took are written next to the checkpoints (``mlflow_unsent_metrics.jsonl``)."""
+        for attempt in range(3):
+            if self.flush(force=True):
+                break
+            time.sleep(1 + attempt)
+        if reason:
+            self._safe("set_tag", self.client.set_tag, self.run_id, "rnnlab.stop_reason", reason[:5000],
+                       force=True)
+        ended = self._safe("set_terminated", self.client.set_terminated, self.run_id, status, force=True)
+        if self.buffer or not ended or self.skipped:
+            path = self._save_unsent()
+            log.error("MLflow tracking at %s failed (%s): %d metric values could not be sent%s; %d "
+                      "artifacts were not uploaded (%s); the run may show as RUNNING there. The local "
+                      "checkpoints are intact.", self.uri, self.failing_since, len(self.buffer),
+                      f" and are saved in {path}" if path else "", len(self.skipped),
+                      ", ".join(self.skipped[:5]) + (" …" if len(self.skipped) > 5 else ""))
 
-    def log_model(self, checkpoint_path) -> str | None:
+    def _save_unsent(self):
+        if not self.buffer or self.out_dir is None:
+            return None
+        import json
+        path = self.out_dir / "mlflow_unsent_metrics.jsonl"
+        with open(path, "a") as f:
+            for m in self.buffer:
+                f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
+                                    "step": m.step, "timestamp": m.timestamp}) + "\n")
+        return path
+
+    def log_model(self, checkpoint_path) -> None:
         """Log the model (code plus the checkpoint's arrays) as an MLflow pyfunc model of this run;
-        returns its model URI."""
+        its URI goes to ``self.model_uri``."""
         import mlflow
 
         code = Path(__file__).with_name("pyfunc_model.py")
         package = Path(__file__).resolve().parent
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(code), artifacts={"checkpoint": str(checkpoint_path)},
-                code_paths=[str(package)], pip_requirements=["numpy>=2,<3", "mlflow>=3.17,<3.18"])
-        return info.model_uri
 
-    def download_checkpoint(self, run_id: str, kind: str = "last") -> Path:
-        """The ``kind`` checkpoint logged by another run of this store (for resume=<run id>)."""
-        return download_checkpoint(self.client, run_id, kind)
+        def log():  # only called for a finished run; finish() then sets the final status again
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=str(code), artifacts={"checkpoint": str(checkpoint_path)},
+                    code_paths=[str(package)], pip_requirements=["numpy>=2,<3", "mlflow>=3.17,<3.18"])
+            self.model_uri = info.model_uri
+
+        self._safe("log_model", log)
 
     def summary_lines(self) -> list[str]:
         lines = [f"  MLflow run {self.run_id} in experiment {self.experiment!r} at {self.uri}"]
@@ -182,8 +236,23 @@ class MlflowTracker(Callback):
         return lines
 
 
-def download_checkpoint(client, run_id: str, kind: str = "last") -> Path:
+def connect(cfg, launch_dir=None):
+    """(MlflowClient, uri) for ``cfg.tracking``; an unreachable server fails here, within seconds."""
+    uri = resolve_uri(cfg.tracking.get("uri"), launch_dir)
+    if uri.startswith(("http://", "https://")):
+        # fail within seconds rather than retrying for minutes when the server goes away
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    check_reachable(uri)
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:
+    """The ``kind`` checkpoint logged by the MLflow run ``run_id`` of the store ``cfg.tracking``."""
     from mlflow.exceptions import MlflowException
+    client, _ = connect(cfg)
     try:
         client.get_run(run_id)
     except MlflowException:
