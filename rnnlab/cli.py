@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError
-from .config import CONF_DIR, ConfigError, available_options, check_overrides, register_plugin_configs
+from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_plugin_configs
 from .data import DataError
 
 log = logging.getLogger("rnnlab")
@@ -32,6 +32,11 @@ def fail(message: str, code: int = 2):
 def config_path() -> str:
     """Hydra's primary config location: the installed package, or conf/ of a source checkout."""
     return "pkg://rnnlab.conf" if CONF_DIR.parent.name == "rnnlab" else str(CONF_DIR)
+
+
+def search_path_args() -> list[str]:
+    """Put the named experiments (group ``experiment``) on Hydra's search path."""
+    return ["--config-dir", str(EXPERIMENTS_DIR)] if (EXPERIMENTS_DIR / "experiment").is_dir() else []
 
 
 def print_plugins() -> None:
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     register_plugin_configs()
     task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
-    sys.argv = [sys.argv[0] if sys.argv else "rnnlab"] + argv
+    sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
     task()
 
 

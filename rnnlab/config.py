@@ -25,6 +25,8 @@ TRACKERS = ("mlflow", "none")
 HERE = Path(__file__).resolve().parent
 # Installed, the configs are the package rnnlab.conf; in a source checkout, the top-level conf/.
 CONF_DIR = HERE / "conf" if (HERE / "conf").is_dir() else HERE.parent / "conf"
+# The named experiments (group `experiment`): rnnlab.experiments installed, experiments/ in a checkout.
+EXPERIMENTS_DIR = HERE / "experiments" if (HERE / "experiments").is_dir() else HERE.parent / "experiments"
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,7 @@ class RunSettings:
     max_len: int = MISSING
     log_every: int = MISSING
     checkpoint_every: int = MISSING
+    reduction: str = "mean"
     resume: Optional[str] = None
 
 
@@ -97,6 +100,9 @@ def run_settings(cfg) -> RunSettings:
             raise ConfigError(f"{key} must be > 0, got {getattr(settings, key)}")
     if settings.sample_every < 0:
         raise ConfigError(f"sample_every must be >= 0 (0: only at the end), got {settings.sample_every}")
+    if settings.reduction not in ("mean", "sum"):
+        raise ConfigError(f"reduction must be mean (per character) or sum (per sequence), "
+                          f"got {settings.reduction!r}")
     if settings.dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {settings.dtype!r}")
     return settings
@@ -145,11 +151,13 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                                   f"Available {key} options: {', '.join(options[key])}."
                                   f"{_did_you_mean(choice, options[key], key + '=')}")
         chosen[key] = choices[0] if len(choices) == 1 else None
+        if key == "experiment" and chosen[key]:
+            chosen.update(_experiment_choices(chosen[key]))
     top = [k for k in primary if k not in ("defaults", "hydra")] + [g for g in options if g in chosen]
     for ov in plain:
         key = ov.partition("=")[0]
         head, _, rest = key.partition(".")
-        if head == "hydra":
+        if head.startswith("hydra"):  # hydra.* and hydra/launcher=… are Hydra's own
             continue
         if head not in top:
             raise ConfigError(f"Unknown key {head!r} in the override {ov!r}. Allowed keys: "
@@ -161,6 +169,18 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                 raise ConfigError(f"Unknown key {head}.{sub} in the override {ov!r}: {head} "
                                   f"{chosen[head]!r} has the keys {', '.join(allowed)}."
                                   f"{_did_you_mean(sub, allowed, head + '.')}")
+
+
+def _experiment_choices(name: str) -> dict:
+    """The group choices a named experiment makes (``override /cell: rnn`` → {"cell": "rnn"})."""
+    chosen = {}
+    for entry in OmegaConf.load(EXPERIMENTS_DIR / "experiment" / f"{name}.yaml").get("defaults", []):
+        if isinstance(entry, (dict, DictConfig)):
+            for key, value in entry.items():
+                group = str(key).replace("override", "").strip().lstrip("/")
+                if "/" not in group:
+                    chosen[group] = value
+    return chosen
 
 
 def _did_you_mean(word, candidates, prefix) -> str:
@@ -191,8 +211,9 @@ def _choices(value: str) -> list[str]:
 def available_options() -> dict[str, list[str]]:
     """group -> selectable names: YAML files in conf/ plus registered plugins of that family."""
     out = {}
-    for group in ("cell", "optimizer", "clip", "sampler", "data", "tracking"):
-        names = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+    for group in ("cell", "optimizer", "clip", "sampler", "data", "tracking", "experiment"):
+        root = EXPERIMENTS_DIR if group == "experiment" else CONF_DIR
+        names = {p.stem for p in (root / group).glob("*.yaml")}
         if group in GROUPS:
             names |= set(GROUPS[group].names())
         out[group] = sorted(names)

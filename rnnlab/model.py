@@ -33,12 +33,15 @@ class CharLM:
     """
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
-                 num_layers: int = 1, dtype=np.float32):
+                 num_layers: int = 1, dtype=np.float32, reduction: str = "mean"):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
         for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
+        self.reduction = reduction  # what the gradients are of: see loss_and_grads
         self.vocab_size = vocab_size
         self.cell_name = cell
         self.cell = CELLS.build(cell)
@@ -105,6 +108,8 @@ class CharLM:
     def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None):
         """Loss (nats per character), gradients of every parameter, and the final state.
 
+        The gradients are those of the mean loss per character (``reduction="mean"``) or of the loss
+        summed over each sequence and averaged over the batch (``"sum"``: the course's loss per name).
         x, y: (T, B) int ids (inputs and next-character targets); mask: (T, B) 1/0 or None;
         state0: initial state (zeros if None); dstate: gradient flowing into the final state (None).
         """
@@ -114,7 +119,7 @@ class CharLM:
         # d loss / d logits = (softmax - onehot) * w / n
         dlogits = np.exp(logp)
         dlogits[np.arange(T * B), y.reshape(-1)] -= 1
-        dlogits *= (w / n)[:, None]
+        dlogits *= (w / (n if self.reduction == "mean" else B))[:, None]
         dlogits = dlogits.astype(self.dtype, copy=False)
         grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
         dhs = (dlogits @ params["Wy"].T).reshape(T, B, self.hidden_size)

@@ -176,7 +176,8 @@ class Checkpointer(Callback):
 
 def _model(ds, cell_name, cell_opts, settings):
     try:
-        return CharLM(len(ds.vocab), cell_name, dtype=settings.dtype, **cell_opts)
+        return CharLM(len(ds.vocab), cell_name, dtype=settings.dtype, reduction=settings.reduction,
+                      **cell_opts)
     except ValueError as e:
         raise ConfigError(f"cell.{e}") from None
 

@@ -90,11 +90,20 @@ class MlflowTracker(Callback):
               parent_run_id: str | None = None, extra_tags: dict | None = None):
         from mlflow.entities import Param, RunTag
 
+        hydra_cfg = _hydra_config()
+        if launch_dir is None and hydra_cfg is not None:
+            launch_dir = hydra_cfg.runtime.cwd   # the launch directory, wherever the job runs
         client, uri = connect(cfg, launch_dir)
         experiment = cfg.tracking.get("experiment") or "rnnlab"
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         overrides = _overrides()
+        extra_tags = dict(extra_tags or {})
+        if parent_run_id is None and hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+            sid = sweep_id(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)
+            parent_run_id = find_parent_run(client, exp_id, sid)
+            extra_tags.update({"rnnlab.sweep_id": sid, "rnnlab.role": "trial",
+                               "trial": str(hydra_cfg.job.num)})
         tags = {"cell": lm.cell_name, "dataset": cfg.data.get("name", "?"),
                 "data.path": str(cfg.data.get("path") or "builtin:dinos.txt"),
                 "overrides": " ".join(overrides) or "(defaults)", "mlflow.runName": name,
@@ -263,12 +272,17 @@ def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:
         raise ConfigError(f"MLflow run {run_id} has no {kind} checkpoint ({e})") from None
 
 
-def _overrides() -> list[str]:
+def _hydra_config():
     try:
         from hydra.core.hydra_config import HydraConfig
-        return list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):
-        return []
+        return HydraConfig.get() if HydraConfig.initialized() else None
+    except ImportError:
+        return None
+
+
+def _overrides() -> list[str]:
+    cfg = _hydra_config()
+    return list(cfg.overrides.task) if cfg is not None else []
 
 
 def _version() -> str:
@@ -277,3 +291,79 @@ def _version() -> str:
         return version("rnnlab")
     except Exception:  # noqa: BLE001 - not installed (source checkout)
         return "source"
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+
+def sweep_id(launch_dir, sweep_dir) -> str:
+    """The id shared by a sweep's parent run and its trials: a digest of where it was launched."""
+    import hashlib
+    key = f"{Path(launch_dir).resolve()}|{sweep_dir}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def find_parent_run(client, experiment_id: str, sid: str) -> str | None:
+    """The parent run of the sweep ``sid`` in the experiment, if the sweep callback created one."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`rnnlab.sweep_id` = '{sid}' and "
+                                                            f"tags.`rnnlab.role` = 'sweep'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency; keep the module importable anyway
+    _HydraCallback = object
+
+
+class SweepCallback(_HydraCallback):
+    """Hydra callback: one MLflow parent run per multirun sweep, its trials nested under it.
+
+    ``on_multirun_start`` runs in the launching process before any job: it creates (and migrates) the
+    tracking store once, then the parent run; every trial finds it by the sweep's id. At the end the
+    parent run gets the best trial's figures and the command that compares the trials.
+    """
+
+    def __init__(self):
+        self.client = self.parent = self.experiment_id = self.sid = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if config.get("tracking", {}).get("name") != "mlflow":
+            return
+        try:
+            client, uri = connect(config, launch_dir=os.getcwd())
+        except ConfigError as e:
+            log.error("%s", e)
+            raise SystemExit(2) from None
+        name = config.tracking.get("experiment") or "rnnlab"
+        exp = client.get_experiment_by_name(name)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(name)
+        self.sid = sweep_id(os.getcwd(), str(config.hydra.sweep.dir))
+        overrides = list(config.hydra.overrides.task)
+        run = client.create_run(self.experiment_id, run_name=f"sweep {' '.join(overrides)}"[:240], tags={
+            "rnnlab.sweep_id": self.sid, "rnnlab.role": "sweep", "overrides": " ".join(overrides),
+            "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
+            "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]})
+        self.client, self.parent, self.uri = client, run.info.run_id, uri
+        log.info("sweep %s: MLflow parent run %s in experiment %r at %s", self.sid, self.parent, name, uri)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if self.parent is None:
+            return
+        from mlflow.entities import Metric
+        trials = self.client.search_runs([self.experiment_id],
+                                         filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'",
+                                         max_results=10000)
+        done = [t for t in trials if "val_nll" in t.data.metrics and t.info.status == "FINISHED"]
+        now = int(time.time() * 1000)
+        metrics = [Metric("trials", len(trials), now, 0), Metric("trials_finished", len(done), now, 0)]
+        if done:
+            best = min(done, key=lambda t: t.data.metrics["val_nll"])
+            metrics.append(Metric("best_val_nll", best.data.metrics["val_nll"], now, 0))
+            self.client.set_tag(self.parent, "best_run_id", best.info.run_id)
+            self.client.set_tag(self.parent, "best_overrides", best.data.tags.get("overrides", ""))
+        self.client.log_batch(self.parent, metrics=metrics)
+        self.client.set_terminated(self.parent, "FINISHED")
+        log.info("sweep %s finished: %d trials (%d finished). Compare them with: "
+                 "python -m rnnlab.compare sweep=%s%s", self.sid, len(trials), len(done), self.parent,
+                 "" if self.uri.endswith(f"{os.getcwd()}/mlflow.db") else f" tracking.uri={self.uri}")
+        log.info("see the sweep with: %s", ui_command(self.uri))

@@ -38,6 +38,15 @@ def test_full_loss_gradcheck(cell, num_layers, rng):
     assert max(errors.values()) < 1e-6, errors
 
 
+def test_sum_reduction_gradients_are_of_the_loss_per_sequence(rng):
+    lm = CharLM(V, "rnn", H, dtype=np.float64, reduction="sum")
+    params = lm.init_params(rng)
+    x, y, mask = batch(rng)
+    _, grads, _ = lm.loss_and_grads(params, x, y, mask)
+    per_sequence = lambda: lm.loss(params, x, y, mask)[0] * mask.sum() / B  # noqa: E731
+    assert max(gradcheck(per_sequence, params, grads).values()) < 1e-6
+
+
 def test_loss_is_per_unmasked_character(rng):
     lm = CharLM(V, "lstm", H, dtype=np.float64)
     params = lm.init_params(rng)

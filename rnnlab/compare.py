@@ -1,0 +1,143 @@
+"""``python -m rnnlab.compare``: a sweep's trials as a table sorted by validation loss, and a PNG of
+their validation curves.
+
+    python -m rnnlab.compare sweep=<parent run id>            # the trials of one -m sweep
+    python -m rnnlab.compare experiment=<name>                # every finished run of an experiment
+    options: tracking.uri=<uri> (default: ./mlflow.db)  plot=<file.png>  markdown=<file.md>
+
+Only the parameters that vary between the runs are shown, with the speed (median chars/s) and the time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+from .cli import fail
+from .tracking import ConfigError, resolve_uri
+
+SKIP_PARAMS = ("resume", "tracking.uri", "data.path")
+
+
+def parse(argv: list[str]) -> dict:
+    allowed = {"sweep", "experiment", "tracking.uri", "plot", "markdown"}
+    opts = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"unknown argument {arg!r}; allowed: {', '.join(sorted(allowed))} "
+                              f"(as key=value)")
+        opts[key] = value
+    if ("sweep" in opts) == ("experiment" in opts):
+        raise ConfigError("give exactly one of sweep=<parent run id> or experiment=<name>")
+    return opts
+
+
+def collect(client, opts):
+    """(title, runs) of a sweep (its trials) or an experiment (its finished trial runs)."""
+    from mlflow.exceptions import MlflowException
+    if "sweep" in opts:
+        try:
+            parent = client.get_run(opts["sweep"])
+        except MlflowException:
+            raise ConfigError(f"no MLflow run with id {opts['sweep']!r} in {client.tracking_uri}") from None
+        runs = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{opts['sweep']}'",
+                                  max_results=10000)
+        return f"sweep {opts['sweep']} ({parent.data.tags.get('overrides', '')})", runs
+    exp = client.get_experiment_by_name(opts["experiment"])
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ConfigError(f"no MLflow experiment {opts['experiment']!r}; there are: {', '.join(names)}")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`rnnlab.role` != 'sweep'",
+                              max_results=10000)
+    return f"experiment {opts['experiment']}", runs
+
+
+def table(client, runs) -> tuple[list[str], list[dict]]:
+    """(varying parameter names, one row per run sorted by final val_nll)."""
+    keys = sorted({k for r in runs for k in r.data.params if k not in SKIP_PARAMS})
+    varying, seen = [], set()
+    for k in keys:
+        values = tuple(r.data.params.get(k) for r in runs)
+        if len(set(values)) > 1 and values not in seen:  # e.g. optimizer.lr repeats lr: show it once
+            varying.append(k)
+            seen.add(values)
+    rows = []
+    for r in runs:
+        speed = [m.value for m in client.get_metric_history(r.info.run_id, "chars_per_sec")]
+        seconds = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
+        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": r.info.status,
+                     **{k: r.data.params.get(k, "") for k in varying},
+                     "val_nll": r.data.metrics.get("val_nll", float("nan")),
+                     "best_val_nll": r.data.metrics.get("best_val_nll", float("nan")),
+                     "chars/s": statistics.median(speed) if speed else float("nan"), "seconds": seconds})
+    rows.sort(key=lambda row: (row["val_nll"] != row["val_nll"], row["val_nll"]))
+    return varying, rows
+
+
+def markdown(varying, rows) -> str:
+    cols = ["#", *varying, "val_nll", "best_val_nll", "chars/s", "seconds", "status", "run id"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for i, row in enumerate(rows, 1):
+        cells = [str(i), *[row[k] for k in varying], f"{row['val_nll']:.4f}", f"{row['best_val_nll']:.4f}",
+                 f"{row['chars/s']:,.0f}", f"{row['seconds']:.1f}", row["status"], row["id"][:8]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(client, varying, rows, path: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for row in rows:
+        hist = sorted(client.get_metric_history(row["id"], "val_nll"), key=lambda m: m.step)
+        if hist:
+            label = ", ".join(f"{k}={row[k]}" for k in varying) or row["run"]
+            ax.plot([m.step for m in hist], [m.value for m in hist], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.set_title(title[:90], fontsize=9)
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts = parse(argv)
+        from mlflow.tracking import MlflowClient
+
+        from .tracking import check_reachable
+        uri = resolve_uri(opts.get("tracking.uri"))
+        check_reachable(uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise ConfigError(f"no MLflow store at {uri}; run from the directory of mlflow.db or give "
+                              f"tracking.uri=")
+        client = MlflowClient(uri)
+        title, runs = collect(client, opts)
+        if not runs:
+            raise ConfigError(f"{title} has no runs")
+    except ConfigError as e:
+        fail(str(e))
+    varying, rows = table(client, runs)
+    text = markdown(varying, rows)
+    print(f"{title}: {len(rows)} runs, sorted by final val_nll (nats/char)\n")
+    print(text)
+    tag = opts.get("sweep", opts.get("experiment"))[:8]
+    png = plot(client, varying, rows, Path(opts.get("plot", f"compare-{tag}.png")), title)
+    print(f"\nvalidation curves: {png.resolve()}")
+    if "markdown" in opts:
+        Path(opts["markdown"]).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
