@@ -1,0 +1,193 @@
+"""Training throughput of rnnlab against PyTorch on the CPU, side by side in one run.
+
+    python experiments/benchmarks/bench.py                 # the full grid → results.json, table.md
+    python experiments/benchmarks/bench.py --quick         # three points, for a smoke test
+
+Both frameworks train the same model on the same batches: one-hot input → cell → linear output →
+masked softmax cross-entropy, Adam, global-norm clip 5, 2 threads. A batch is B names of the built-in
+dataset padded to the longest and masked. Throughput is trained characters per second (forward,
+backward, clipping, optimizer step), the median of repeated timed runs; every point runs in its own
+process so that its peak memory (max RSS) is its own. The machine's bound for a point is the matrix-
+multiply rate NumPy's BLAS reaches here (measured by this command) divided by the FLOPs one trained
+character costs in the matrix products: 3 × 2·(G·H·H + H·V), G the cell's gates (forward, and the
+two products of the backward pass).
+Needs PyTorch (`pip install torch==2.13.0`, the CPU build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+THREADS = "2"
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, THREADS)
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def batches(batch_size: int, n: int, seed: int = 0):
+    from rnnlab.data import load_dataset
+    ds = load_dataset("lines", lowercase=True, val_fraction=0.1, seed=0)
+    return len(ds.vocab), [ds.train_batch(s, batch_size, seed) for s in range(n)]
+
+
+def rnnlab_trainer(cell, H, V, dtype):
+    from rnnlab.clipping import NormClip
+    from rnnlab.model import CharLM
+    from rnnlab.optim import Adam
+    lm = CharLM(V, cell, H, dtype=dtype)
+    params = lm.init_params(np.random.default_rng(0))
+    opt, clip = Adam(0.001), NormClip(5.0)
+
+    def step(b):
+        loss, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
+        clip(grads)
+        opt.step(params, grads)
+        return loss
+    return step
+
+
+def torch_trainer(cell, H, V, dtype):
+    import torch
+    torch.set_num_threads(int(THREADS))
+    torch.manual_seed(0)
+    tdt = torch.float32 if dtype == "float32" else torch.float64
+    rnn = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](V, H).to(tdt)
+    out = torch.nn.Linear(H, V).to(tdt)
+    params = list(rnn.parameters()) + list(out.parameters())
+    opt = torch.optim.Adam(params, lr=0.001)
+    eye = torch.eye(V, dtype=tdt)
+    cache = {}
+
+    def step(b):
+        key = id(b)
+        if key not in cache:  # the tensors of a batch, made once (as a DataLoader would)
+            cache[key] = (torch.from_numpy(b.x), torch.from_numpy(b.y).reshape(-1),
+                          torch.from_numpy(b.mask).to(tdt).reshape(-1))
+        x, y, m = cache[key]
+        opt.zero_grad(set_to_none=True)
+        h, _ = rnn(eye[x])
+        logits = out(h).reshape(-1, V)
+        loss = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * m).sum() / m.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        return float(loss)
+    return step
+
+
+def worker(framework, cell, H, B, dtype, steps, repeats):
+    """Train one point; print JSON with the median chars/s and the process's peak RSS."""
+    V, data = batches(B, steps)
+    step = (rnnlab_trainer if framework == "rnnlab" else torch_trainer)(cell, H, V, dtype)
+    chars = sum(float(b.mask.sum()) for b in data)
+    for b in data[:3]:
+        step(b)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in data:
+            loss = step(b)
+        rates.append(chars / (time.perf_counter() - t0))
+    assert math.isfinite(loss)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    print(json.dumps({"chars_per_sec": statistics.median(rates), "peak_rss_mib": peak,
+                      "rates": rates}))
+
+
+def matmul_rate(dtype="float32", n=1024, repeats=7) -> float:
+    """FLOP/s of NumPy's BLAS on square products of size n (median of repeats)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    b = np.random.default_rng(1).standard_normal((n, n)).astype(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def flops_per_char(cell, H, V) -> float:
+    return 3 * 2 * (GATES[cell] * H * H + H * V)
+
+
+def run_point(framework, cell, H, B, dtype, steps, repeats):
+    cmd = [sys.executable, __file__, "--worker", framework, cell, str(H), str(B), dtype, str(steps),
+           str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if out.returncode != 0:
+        raise RuntimeError(f"{framework} {cell} H{H} B{B} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def steps_for(H, B):
+    """Enough batches for a stable timing, fewer for the big points."""
+    return max(8, min(200, int(4e6 / (B * H * 4 + 1e4))))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="three points only")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    args = ap.parse_args()
+    if args.worker:
+        fw, cell, H, B, dtype, steps, repeats = args.worker
+        worker(fw, cell, int(H), int(B), dtype, int(steps), int(repeats))
+        return
+
+    V = batches(1, 1)[0]
+    points = [(c, h, b, "float32") for c in ("rnn", "lstm", "gru") for h in (64, 256, 512)
+              for b in (1, 32, 128)] + [("lstm", 256, 32, "float64")]
+    if args.quick:
+        points = [("rnn", 64, 32, "float32"), ("lstm", 256, 32, "float32"), ("gru", 64, 1, "float32")]
+    rate = {dt: matmul_rate(dt) for dt in ("float32", "float64")}
+    print(f"NumPy BLAS matmul rate: float32 {rate['float32'] / 1e9:.1f} GFLOP/s, "
+          f"float64 {rate['float64'] / 1e9:.1f} GFLOP/s ({THREADS} threads)", flush=True)
+    rows = []
+    for cell, H, B, dtype in points:
+        steps = steps_for(H, B)
+        ours = run_point("rnnlab", cell, H, B, dtype, steps, args.repeats)
+        theirs = run_point("torch", cell, H, B, dtype, steps, args.repeats)
+        bound = rate[dtype] / flops_per_char(cell, H, V)
+        row = {"cell": cell, "hidden": H, "batch": B, "dtype": dtype, "steps": steps,
+               "rnnlab_chars_per_sec": ours["chars_per_sec"], "torch_chars_per_sec": theirs["chars_per_sec"],
+               "ratio": ours["chars_per_sec"] / theirs["chars_per_sec"],
+               "rnnlab_peak_rss_mib": ours["peak_rss_mib"], "torch_peak_rss_mib": theirs["peak_rss_mib"],
+               "bound_chars_per_sec": bound, "rnnlab_of_bound": ours["chars_per_sec"] / bound}
+        rows.append(row)
+        print(f"{cell:4} H{H:<3} B{B:<3} {dtype}: rnnlab {row['rnnlab_chars_per_sec']:>10,.0f}  torch "
+              f"{row['torch_chars_per_sec']:>10,.0f}  ratio {row['ratio']:.2f}  "
+              f"of bound {row['rnnlab_of_bound']:.0%}  RSS {row['rnnlab_peak_rss_mib']:.0f}/"
+              f"{row['torch_peak_rss_mib']:.0f} MiB", flush=True)
+    f32 = [r["ratio"] for r in rows if r["dtype"] == "float32"]
+    summary = {"geomean_ratio_float32": float(np.exp(np.mean(np.log(f32)))), "min_ratio_float32": min(f32),
+               "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "threads": int(THREADS)}
+    print(json.dumps(summary, indent=1))
+    Path(args.out).write_text(json.dumps({"summary": summary, "points": rows}, indent=1))
+    table = ["| cell | H | B | dtype | rnnlab chars/s | PyTorch chars/s | ratio | of bound | RSS rnnlab / torch (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['cell']} | {r['hidden']} | {r['batch']} | {r['dtype']} | "
+                     f"{r['rnnlab_chars_per_sec']:,.0f} | {r['torch_chars_per_sec']:,.0f} | {r['ratio']:.2f} | "
+                     f"{r['rnnlab_of_bound']:.0%} | {r['rnnlab_peak_rss_mib']:.0f} / {r['torch_peak_rss_mib']:.0f} |")
+    Path(args.out).with_suffix(".md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
