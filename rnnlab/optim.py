@@ -37,6 +37,14 @@ class Optimizer:
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {}
 
+    def _scratch(self, p):
+        """A work array shaped like ``p`` (not part of the optimizer's state)."""
+        scratch = self.__dict__.setdefault("_work", {})
+        key = (p.shape, p.dtype.str)
+        if key not in scratch:
+            scratch[key] = np.empty_like(p)
+        return scratch[key]
+
     def _buffers(self, name, like):
         if name not in self.buffers:
             self.buffers[name] = {slot: np.zeros_like(like) for slot in self.slots}
@@ -69,7 +77,7 @@ class Optimizer:
             self.buffers.setdefault(name, {})[slot] = np.array(value)
 
     def __repr__(self):
-        opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k not in ("t", "buffers"))
+        opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k not in ("t", "buffers", "_work"))
         return f"{type(self).__name__}({opts})"
 
 
@@ -168,9 +176,17 @@ class Adam(Optimizer):
 
     def update(self, p, g, buf):
         m, v = buf["m"], buf["v"]
+        s = self._scratch(p)
         m *= self.beta1
-        m += (1 - self.beta1) * g
+        np.multiply(g, 1 - self.beta1, out=s)
+        m += s
         v *= self.beta2
-        v += (1 - self.beta2) * g * g
+        np.multiply(g, g, out=s)
+        s *= 1 - self.beta2
+        v += s
         step = self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
-        p -= (step * m / (np.sqrt(v) + self.eps)).astype(p.dtype, copy=False)
+        np.sqrt(v, out=s)                 # p -= step * m / (sqrt(v) + eps), without temporaries
+        s += self.eps
+        np.divide(m, s, out=s)
+        s *= step
+        p -= s

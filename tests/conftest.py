@@ -27,8 +27,8 @@ def rnn_to_engine(p):
 
 
 def lstm_to_engine(p, n_a):
-    """Textbook LSTM gates (f, i, c, o on [a_prev; x]) → engine fused (i, f, g, o) Wx, Wh, b."""
-    order = ("Wi", "Wf", "Wc", "Wo")
+    """Textbook LSTM gates (f, i, c, o on [a_prev; x]) → engine fused (i, f, o, g) Wx, Wh, b."""
+    order = ("Wi", "Wf", "Wo", "Wc")
     return {
         "Wx": np.concatenate([p[k][:, n_a:].T for k in order], axis=1),
         "Wh": np.concatenate([p[k][:, :n_a].T for k in order], axis=1),
@@ -39,7 +39,7 @@ def lstm_to_engine(p, n_a):
 def lstm_grads_from_engine(g, n_a):
     """Engine LSTM gradients → the textbook's dWf, dWi, dWc, dWo, dbf, dbi, dbc, dbo."""
     out = {}
-    for j, name in enumerate(("i", "f", "c", "o")):
+    for j, name in enumerate(("i", "f", "o", "c")):
         cols = slice(j * n_a, (j + 1) * n_a)
         out["dW" + name] = np.concatenate([g["Wh"][:, cols].T, g["Wx"][:, cols].T], axis=1)
         out["db" + name] = g["b"][cols].reshape(-1, 1)

@@ -71,9 +71,10 @@ def project_inputs_backward(x, dxp, Wx):
     flat = dxp.reshape(T * B, GH)
     db = flat.sum(axis=0)
     if np.issubdtype(x.dtype, np.integer):
-        dWx = np.zeros_like(Wx)
-        np.add.at(dWx, x.reshape(-1), flat)
-        return dWx, db, None
+        # the scatter-add of rows as one product: onehot(x)ᵀ (V, T·B) @ dxp (T·B, G·H)
+        onehot = np.zeros((T * B, Wx.shape[0]), flat.dtype)
+        onehot[np.arange(T * B), x.reshape(-1)] = 1
+        return onehot.T @ flat, db, None
     xf = x.reshape(T * B, -1)
     return xf.T @ flat, db, (flat @ Wx.T).reshape(x.shape)
 

@@ -1,4 +1,5 @@
-"""The LSTM cell, gates fused in the order input, forget, cell candidate, output (i, f, g, o).
+"""The LSTM cell, gates fused in the order input, forget, output, cell candidate (i, f, o, g), so that
+one sigmoid covers the first three blocks.
 
     z = x_t Wx + h_{t-1} Wh + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
     c_t = f * c_{t-1} + i * g;     h_t = o * tanh(c_t)
@@ -14,9 +15,8 @@ from .base import Cell, check_mask, project_inputs, project_inputs_backward, pro
 
 def _activate(z, H):
     """In place: sigmoid on the i, f, o blocks of z (B, 4H), tanh on the g block."""
-    sigmoid(z[:, : 2 * H], out=z[:, : 2 * H])
-    np.tanh(z[:, 2 * H: 3 * H], out=z[:, 2 * H: 3 * H])
-    sigmoid(z[:, 3 * H:], out=z[:, 3 * H:])
+    sigmoid(z[:, :3 * H], out=z[:, :3 * H])
+    np.tanh(z[:, 3 * H:], out=z[:, 3 * H:])
 
 
 @CELLS.register("lstm")
@@ -43,15 +43,19 @@ class LSTM(Cell):
         hs = np.empty((T + 1, B, H), gates.dtype)
         cs = np.empty((T + 1, B, H), gates.dtype)
         tanh_c = np.empty((T, B, H), gates.dtype)
+        rec = np.empty((B, H4), gates.dtype)   # h_{t-1} Wh, reused every step
+        ig = np.empty((B, H), gates.dtype)
         hs[0], cs[0] = state0
         for t in range(T):
             z = gates[t]
-            z += hs[t] @ Wh
+            np.matmul(hs[t], Wh, out=rec)
+            z += rec
             _activate(z, H)
-            i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+            i, f, o, g = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
             c = cs[t + 1]
             np.multiply(f, cs[t], out=c)
-            c += i * g
+            np.multiply(i, g, out=ig)
+            c += ig
             np.tanh(c, out=tanh_c[t])
             h = hs[t + 1]
             np.multiply(o, tanh_c[t], out=h)
@@ -69,7 +73,7 @@ class LSTM(Cell):
         Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0, dc0))).
         """
         x, gates, hs, cs, tanh_c, m, params = cache
-        Wh = params["Wh"]
+        WhT = np.ascontiguousarray(params["Wh"].T)
         T, B, H4 = gates.shape
         H = H4 // 4
         dt = gates.dtype
@@ -78,34 +82,45 @@ class LSTM(Cell):
         else:
             dh, dc = (s.astype(dt, copy=True) for s in dstate)
         dz = np.empty_like(gates)
+        dct = np.empty((B, H), dt)
+        tmp = np.empty((B, H), dt)
+        dh_rec = np.empty((B, H), dt)
         for t in reversed(range(T)):
             dh += dhs[t]
-            z = gates[t]
-            i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-            tc = tanh_c[t]
-            if m is None:
-                dh_new, dc_new = dh, dc
-            else:
-                dh_new, dc_new = dh * m[t], dc * m[t]
-            d = dz[t]
-            di, df, dg, do = d[:, :H], d[:, H:2 * H], d[:, 2 * H:3 * H], d[:, 3 * H:]
-            # do = dh * tanh(c) * o * (1 - o)
-            np.multiply(dh_new, tc, out=do)
-            do *= o * (1 - o)
-            # the total gradient reaching c_t
-            dct = dc_new + dh_new * o * (1 - tc * tc)
-            np.multiply(dct, g * i * (1 - i), out=di)
-            np.multiply(dct, cs[t] * f * (1 - f), out=df)
-            np.multiply(dct, i * (1 - g * g), out=dg)
-            dct *= f
-            if m is None:
-                dh, dc = d @ Wh.T, dct
-            else:
+            if m is not None:  # a padded step passes its gradient straight to the step before
                 keep = 1 - m[t]
-                dh *= keep
-                dh += d @ Wh.T
-                dc *= keep
-                dc += dct
+                dh_carry, dc_carry = dh * keep, dc * keep
+                dh *= m[t]
+                dc *= m[t]
+            z = gates[t]
+            i, f, o, g = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+            tc = tanh_c[t]
+            d = dz[t]
+            di, df, do, dg = d[:, :H], d[:, H:2 * H], d[:, 2 * H:3 * H], d[:, 3 * H:]
+            # through h = o * tanh(c)
+            np.multiply(dh, tc, out=do)                       # d o (before the sigmoid)
+            np.multiply(tc, tc, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            tmp *= o
+            tmp *= dh
+            np.add(dc, tmp, out=dct)                          # total gradient reaching c_t
+            np.multiply(dct, g, out=di)
+            np.multiply(dct, cs[t], out=df)
+            np.multiply(dct, i, out=dg)
+            # through the nonlinearities: sigmoid' = s (1 - s), tanh' = 1 - t²
+            for dd, s in ((di, i), (df, f), (do, o)):
+                np.subtract(1, s, out=tmp)
+                tmp *= s
+                dd *= tmp
+            np.multiply(g, g, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            dg *= tmp
+            np.multiply(dct, f, out=dc)                       # gradient reaching c_{t-1}
+            np.matmul(d, WhT, out=dh_rec)
+            dh, dh_rec = dh_rec, dh
+            if m is not None:
+                dh += dh_carry
+                dc += dc_carry
         dWh = hs[:-1].reshape(T * B, H).T @ dz.reshape(T * B, H4)
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"])
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc))
@@ -117,5 +132,5 @@ class LSTM(Cell):
         z = xp + h @ params["Wh"] + params["b"]
         H = h.shape[1]
         _activate(z, H)
-        c = z[:, H:2 * H] * c + z[:, :H] * z[:, 2 * H:3 * H]
-        return z[:, 3 * H:] * np.tanh(c), c
+        c = z[:, H:2 * H] * c + z[:, :H] * z[:, 3 * H:]
+        return z[:, 2 * H:3 * H] * np.tanh(c), c
