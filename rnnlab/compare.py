@@ -50,8 +50,8 @@ def collect(client, opts):
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise ConfigError(f"no MLflow experiment {opts['experiment']!r}; there are: {', '.join(names)}")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`rnnlab.role` != 'sweep'",
-                              max_results=10000)
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000)
+            if r.data.tags.get("rnnlab.role") != "sweep"]
     return f"experiment {opts['experiment']}", runs
 
 
@@ -77,11 +77,20 @@ def table(client, runs) -> tuple[list[str], list[dict]]:
     return varying, rows
 
 
+def _short(value: str) -> str:
+    """A parameter value for a table: long floats to 4 significant digits."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.4g}" if len(str(value)) > 8 and "." in str(value) else str(value)
+
+
 def markdown(varying, rows) -> str:
     cols = ["#", *varying, "val_nll", "best_val_nll", "chars/s", "seconds", "status", "run id"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for i, row in enumerate(rows, 1):
-        cells = [str(i), *[row[k] for k in varying], f"{row['val_nll']:.4f}", f"{row['best_val_nll']:.4f}",
+        cells = [str(i), *[_short(row[k]) for k in varying], f"{row['val_nll']:.4f}", f"{row['best_val_nll']:.4f}",
                  f"{row['chars/s']:,.0f}", f"{row['seconds']:.1f}", row["status"], row["id"][:8]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -93,11 +102,17 @@ def plot(client, varying, rows, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    lows, highs = [], []
     for row in rows:
         hist = sorted(client.get_metric_history(row["id"], "val_nll"), key=lambda m: m.step)
         if hist:
-            label = ", ".join(f"{k}={row[k]}" for k in varying) or row["run"]
-            ax.plot([m.step for m in hist], [m.value for m in hist], marker=".", label=label)
+            label = ", ".join(f"{k}={_short(row[k])}" for k in varying if row[k] != "") or row["run"]
+            values = [m.value for m in hist]
+            lows.append(min(values))
+            highs.append(max(values))
+            ax.plot([m.step for m in hist], values, marker=".", label=label)
+    if lows and min(lows) > 0 and max(highs) / min(lows) > 10:
+        ax.set_yscale("log")  # a diverged run would flatten every other curve
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats/char)")
     ax.set_title(title[:90], fontsize=9)

@@ -228,8 +228,10 @@ class MlflowTracker(Callback):
         package = Path(__file__).resolve().parent
 
         def log():  # only called for a finished run; finish() then sets the final status again
+            import warnings
             mlflow.set_tracking_uri(self.uri)
-            with mlflow.start_run(run_id=self.run_id):
+            with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*type hints.*")
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=str(code), artifacts={"checkpoint": str(checkpoint_path)},
                     code_paths=[str(package)], pip_requirements=["numpy>=2,<3", "mlflow>=3.17,<3.18"])
