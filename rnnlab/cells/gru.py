@@ -68,8 +68,8 @@ class GRU(Cell):
         H = H3 // 3
         dt = gates.dtype
         dh = np.zeros((B, H), dt) if dstate is None else dstate[0].astype(dt, copy=True)
-        dxp = np.empty_like(gates)   # gradients of the input-side pre-activations
-        dhw = np.empty_like(gates)   # gradients of h Wh (+ bh)
+        dxp = self.workspace("dxp", gates.shape, dt)   # gradients of the input-side pre-activations
+        dhw = self.workspace("dhw", gates.shape, dt)   # gradients of h Wh (+ bh)
         for t in reversed(range(T)):
             dh += dhs[t]
             z, h = gates[t], hs[t]

@@ -73,7 +73,7 @@ class LSTM(Cell):
         Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0, dc0))).
         """
         x, gates, hs, cs, tanh_c, m, params = cache
-        WhT = np.ascontiguousarray(params["Wh"].T)
+        WhT = params["Wh"].T   # a transposed view: BLAS reads it as is
         T, B, H4 = gates.shape
         H = H4 // 4
         dt = gates.dtype
@@ -81,7 +81,7 @@ class LSTM(Cell):
             dh, dc = np.zeros((B, H), dt), np.zeros((B, H), dt)
         else:
             dh, dc = (s.astype(dt, copy=True) for s in dstate)
-        dz = np.empty_like(gates)
+        dz = self.workspace("dz", gates.shape, dt)
         dct = np.empty((B, H), dt)
         tmp = np.empty((B, H), dt)
         dh_rec = np.empty((B, H), dt)

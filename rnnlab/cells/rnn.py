@@ -45,7 +45,7 @@ class RNN(Cell):
         x, a, hs, m, params = cache
         Wh = params["Wh"]
         T, B, H = a.shape
-        dz = np.empty_like(a)
+        dz = self.workspace("dz", a.shape, a.dtype)
         dh = np.zeros((B, H), a.dtype) if dstate is None else dstate[0].astype(a.dtype, copy=True)
         for t in reversed(range(T)):
             dh += dhs[t]
