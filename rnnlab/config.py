@@ -125,7 +125,8 @@ def build_dataset(cfg):
     try:
         return DATASETS.get(kind).from_file(builtin_path() if path is None else path, seed=0, **options)
     except DataError as e:
-        raise ConfigError(f"data: {e}") from None
+        key = str(e).split(" ", 1)[0]
+        raise ConfigError(f"data.{e}" if key in options else f"data: {e}") from None
 
 
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:

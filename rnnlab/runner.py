@@ -216,7 +216,7 @@ def run(cfg) -> float:
     try:
         ds.check_batch_size(settings.batch_size)
     except DataError as e:
-        raise ConfigError(f"batch_size: {e}") from None
+        raise ConfigError(str(e)) from None
     lm = _model(ds, cell_name, cell_opts, settings)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     name = run_name(cell_opts, cell_name, opt_name, settings.lr)

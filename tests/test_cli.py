@@ -145,7 +145,7 @@ BAD = [
     (["sampler.temperature=0"], "sampler.temperature must be > 0"),
     (["sampler=topp", "sampler.p=1.5"], "sampler.p must be in (0, 1]"),
     (["sampler=topk", "sampler.k=0"], "sampler.k must be an integer >= 1"),
-    (["data.val_fraction=1.5"], "val_fraction must be in (0, 1)"),
+    (["data.val_fraction=1.5"], "data.val_fraction must be in (0, 1), got 1.5"),
     (["cell=lstn"], "Unknown cell 'lstn'"),
     (["optimizer=adamm"], "Did you mean optimizer=adam?"),
     (["cell=rnn,lsmt"], "Did you mean cell=lstm?"),

@@ -79,3 +79,14 @@ def test_core_imports_no_framework():
             "bad = [m for m in ('hydra', 'omegaconf', 'mlflow') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_benchmark_worker_runs_without_torch():
+    """The benchmark's rnnlab side (the PyTorch side needs the optional torch install)."""
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "bench.py"), "--worker",
+                          "rnnlab", "lstm", "16", "4", "float32", "5", "1"], capture_output=True, text=True,
+                         cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["chars_per_sec"] > 0 and result["peak_rss_mib"] > 0

@@ -140,6 +140,15 @@ def test_generate_refuses_bad_checkpoints(tmp_path):
     corrupt.write_bytes(b"PK\x03\x04 this is not a zip")
     out = cli([f"checkpoint={corrupt}"], tmp_path, module="rnnlab.generate")
     assert out.returncode == 2 and "is not a readable rnnlab checkpoint" in out.stderr
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    out = cli([f"checkpoint={text}"], tmp_path, module="rnnlab.generate")
+    assert out.returncode == 2 and "is not an rnnlab checkpoint (not an .npz archive)" in out.stderr
+    truncated = tmp_path / "truncated.npz"
+    path, _ = small_checkpoint(tmp_path)
+    truncated.write_bytes(path.read_bytes()[:200])
+    out = cli([f"checkpoint={truncated}"], tmp_path, module="rnnlab.generate")
+    assert out.returncode == 2 and "is not a readable rnnlab checkpoint" in out.stderr
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, w=np.zeros(3))
     out = cli([f"checkpoint={foreign}"], tmp_path, module="rnnlab.generate")
