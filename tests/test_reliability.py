@@ -277,3 +277,21 @@ def test_tracking_to_a_real_server(tmp_path, mlflow_server):
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == \
         {"checkpoints/last.npz", "checkpoints/best.npz"}
+
+
+@pytest.mark.slow
+def test_signal_marks_the_mlflow_run_killed(tmp_path):
+    args = [a for a in SLOW_RUN if a != "tracking=none"] + ["steps=2000", "checkpoint_every=1000"]
+    proc = start(args, tmp_path)
+    wait_for(proc, "step 20/2000")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["rnnlab.stop_reason"].startswith("stopped by SIGTERM after step")
+    step = ckpt_io.load(run_dir(tmp_path) / "checkpoints" / "last.npz").step
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == step  # every step's metrics
+    assert "checkpoints/last.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
