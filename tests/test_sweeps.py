@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require, require_module
 from test_cli import FAST, cli, env
 
 SMALL = ["steps=30", "eval_every=10", "sample_every=30", "num_samples=2", "log_every=10",
@@ -71,6 +72,7 @@ def test_multirun_nests_trials_under_one_parent(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_joblib_sweep_loses_nothing(tmp_path):
+    require_module("hydra_plugins.hydra_joblib_launcher", "the `sweep` extra (joblib launcher)")
     out = cli(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "cell=rnn,gru,lstm",
                "seed=0,1", *SMALL], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -80,6 +82,7 @@ def test_parallel_joblib_sweep_loses_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_preset_survives_a_diverged_trial(tmp_path):
+    require_module("hydra_plugins.hydra_optuna_sweeper", "the `sweep` extra (Optuna sweeper)")
     # the preset, with a budget of 4 trials and a search space where one learning rate explodes
     out = cli(["experiment=optuna", "hydra.sweeper.n_trials=4", "optimizer=sgd",
                "hydra.sweeper.params.lr='choice(1e300,0.3)'", *SMALL], tmp_path)
@@ -100,7 +103,7 @@ def test_optuna_preset_survives_a_diverged_trial(tmp_path):
 
 @pytest.mark.slow
 def test_ray_launcher_on_a_local_cluster(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the `ray` extra is not installed")
+    require_module("hydra_plugins.hydra_ray_launcher", "the `ray` extra (Ray launcher)")
     from conftest import free_port
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     port = free_port()
@@ -146,8 +149,8 @@ CHROMIUM = "/usr/bin/chromium"
 def test_mlflow_ui_shows_the_sweep_in_a_browser(tmp_path, mlflow_server):
     """A real sweep into a real `mlflow server`, looked at in headless Chromium: the runs page groups
     the trials under their parent; the compare page shows the varied parameters against val_nll."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (apt-get install chromium)"
+    sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
+    require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
     out = cli(["-m", "cell=rnn,gru", "lr=0.003,0.01", *SMALL, f"tracking.uri={mlflow_server.uri}",
                "tracking.experiment=uicheck"], tmp_path)
     assert out.returncode == 0, out.stderr
