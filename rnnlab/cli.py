@@ -8,14 +8,10 @@ end with a one-paragraph message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import logging
-import math
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint import CheckpointError
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_plugin_configs
 from .data import DataError
 

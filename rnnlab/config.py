@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -239,6 +238,3 @@ def register_plugin_configs() -> None:
                 node["lr"] = "${lr}"
             cs.store(group=group, name=name, node=node)
 
-
-def dtype_of(settings: RunSettings):
-    return np.dtype(settings.dtype)

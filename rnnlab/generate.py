@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load, restore_model
+from .checkpoint import load, restore_model
 from .cli import USER_ERRORS, config_path, fail
 from .config import ConfigError, build, check_overrides, register_plugin_configs
 from .data import DataError

@@ -1,6 +1,5 @@
 """The command line, run as a user runs it: in a subprocess, against a temporary MLflow store."""
 
-import json
 import os
 import subprocess
 import sys

@@ -1,13 +1,10 @@
 """Faults and stops, injected for real: signals to the CLI in a subprocess, kill -9 during checkpoint
 writes, NaN losses, a tracking server that is not there, corrupt checkpoints; fuzzed loaders."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from rnnlab import checkpoint as ckpt_io
 from rnnlab.data import DataError, LineDataset, TextDataset, read_text
 
-from test_cli import ROOT, cli, env, run_dir
+from test_cli import cli, env, run_dir
 
 SLOW_RUN = ["tracking=none", "cell=rnn", "cell.hidden_size=16", "eval_every=50", "sample_every=0",
             "log_every=5", "num_samples=2"]
@@ -63,8 +60,10 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, sig, code):
     assert resumed.returncode == 0, resumed.stderr
     n = ckpt_io.load(run_dir(tmp_path) / "checkpoints" / "last.npz").step
     resumed_params = final_params(run_dir(tmp_path) / "checkpoints" / "last.npz")
+    resumed_dir = run_dir(tmp_path)
     straight = cli([*args, f"steps={n}"], tmp_path)
     assert straight.returncode == 0, straight.stderr
+    assert run_dir(tmp_path) != resumed_dir
     for name, value in final_params(run_dir(tmp_path) / "checkpoints" / "last.npz").items():
         np.testing.assert_array_equal(resumed_params[name], value, err_msg=name)
 
@@ -87,8 +86,11 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
     n = ckpt.step + 5
     resumed = cli([*args, f"steps={n}", f"resume={path}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    resumed_params = final_params(run_dir(tmp_path) / "checkpoints" / "last.npz")
+    resumed_dir = run_dir(tmp_path)
+    resumed_params = final_params(resumed_dir / "checkpoints" / "last.npz")
     straight = cli([*args, f"steps={n}"], tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    assert run_dir(tmp_path) != resumed_dir
     for name, value in final_params(run_dir(tmp_path) / "checkpoints" / "last.npz").items():
         np.testing.assert_array_equal(resumed_params[name], value, err_msg=name)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require, require_module
-from test_cli import FAST, cli, env
+from test_cli import cli, env
 
 SMALL = ["steps=30", "eval_every=10", "sample_every=30", "num_samples=2", "log_every=10",
          "cell.hidden_size=16"]
