@@ -41,6 +41,21 @@ def final_params(path):
     return ckpt_io.load(path).params
 
 
+def resume_equals_uninterrupted(args, checkpoint, steps, cwd):
+    """Resume from ``checkpoint`` up to ``steps``, run the same config from scratch to ``steps``, and
+    check that both end with bitwise equal parameters."""
+    resumed = cli([*args, f"steps={steps}", f"resume={checkpoint}"], cwd)
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_dir = run_dir(cwd)
+    resumed_ckpt = ckpt_io.load(resumed_dir / "checkpoints" / "last.npz")
+    assert resumed_ckpt.step == steps
+    straight = cli([*args, f"steps={steps}"], cwd)
+    assert straight.returncode == 0, straight.stderr
+    assert run_dir(cwd) != resumed_dir
+    for name, value in final_params(run_dir(cwd) / "checkpoints" / "last.npz").items():
+        np.testing.assert_array_equal(resumed_ckpt.params[name], value, err_msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, sig, code):
@@ -56,16 +71,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, sig, code):
     k = ckpt_io.load(stopped).step
     assert 20 <= k < 400
 
-    resumed = cli([*args, "steps=60" if k < 60 else f"steps={k + 10}", f"resume={stopped}"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    n = ckpt_io.load(run_dir(tmp_path) / "checkpoints" / "last.npz").step
-    resumed_params = final_params(run_dir(tmp_path) / "checkpoints" / "last.npz")
-    resumed_dir = run_dir(tmp_path)
-    straight = cli([*args, f"steps={n}"], tmp_path)
-    assert straight.returncode == 0, straight.stderr
-    assert run_dir(tmp_path) != resumed_dir
-    for name, value in final_params(run_dir(tmp_path) / "checkpoints" / "last.npz").items():
-        np.testing.assert_array_equal(resumed_params[name], value, err_msg=name)
+    resume_equals_uninterrupted(args, stopped, max(60, k + 10), tmp_path)
 
 
 @pytest.mark.slow
@@ -83,16 +89,7 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
         path = run_dir(tmp_path) / "checkpoints" / "last.npz"
         ckpt = ckpt_io.load(path)  # never half-written
         assert ckpt.step >= 10
-    n = ckpt.step + 5
-    resumed = cli([*args, f"steps={n}", f"resume={path}"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    resumed_dir = run_dir(tmp_path)
-    resumed_params = final_params(resumed_dir / "checkpoints" / "last.npz")
-    straight = cli([*args, f"steps={n}"], tmp_path)
-    assert straight.returncode == 0, straight.stderr
-    assert run_dir(tmp_path) != resumed_dir
-    for name, value in final_params(run_dir(tmp_path) / "checkpoints" / "last.npz").items():
-        np.testing.assert_array_equal(resumed_params[name], value, err_msg=name)
+    resume_equals_uninterrupted(args, path, ckpt.step + 5, tmp_path)
 
 
 @pytest.mark.slow
