@@ -37,10 +37,10 @@ def search_path_args() -> list[str]:
 
 def print_plugins() -> None:
     """What is installed: every registry and every config group with its options."""
-    from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS
+    from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES
     print("Plugins (registry: names; third-party packages add more through entry points "
           "'rnnlab.<registry>'):")
-    for reg in (CELLS, OPTIMIZERS, CLIPPERS, SAMPLERS, DATASETS):
+    for reg in (CELLS, OPTIMIZERS, SCHEDULES, CLIPPERS, SAMPLERS, DATASETS):
         print(f"  {reg.family:<11} {', '.join(reg.names())}")
     print("Config groups (choose with group=name):")
     for group, names in available_options().items():

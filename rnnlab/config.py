@@ -17,9 +17,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import DataError, builtin_path
-from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, UnknownPluginError
+from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES, UnknownPluginError
 
-GROUPS = {"cell": CELLS, "optimizer": OPTIMIZERS, "clip": CLIPPERS, "sampler": SAMPLERS}
+GROUPS = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "clip": CLIPPERS,
+          "sampler": SAMPLERS}
 TRACKERS = ("mlflow", "none")
 HERE = Path(__file__).resolve().parent
 # Installed, the configs are the package rnnlab.conf; in a source checkout, the top-level conf/.
@@ -46,6 +47,8 @@ class RunSettings:
     max_len: int = MISSING
     log_every: int = MISSING
     checkpoint_every: int = MISSING
+    patience: int = 0
+    min_delta: float = 0.0
     reduction: str = "mean"
     resume: Optional[str] = None
 
@@ -97,6 +100,10 @@ def run_settings(cfg) -> RunSettings:
     for key in POSITIVE:
         if not getattr(settings, key) > 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(settings, key)}")
+    if settings.patience < 0:
+        raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {settings.patience}")
+    if settings.min_delta < 0:
+        raise ConfigError(f"min_delta must be >= 0, got {settings.min_delta}")
     if settings.sample_every < 0:
         raise ConfigError(f"sample_every must be >= 0 (0: only at the end), got {settings.sample_every}")
     if settings.reduction not in ("mean", "sum"):
@@ -211,7 +218,7 @@ def _choices(value: str) -> list[str]:
 def available_options() -> dict[str, list[str]]:
     """group -> selectable names: YAML files in conf/ plus registered plugins of that family."""
     out = {}
-    for group in ("cell", "optimizer", "clip", "sampler", "data", "tracking", "experiment"):
+    for group in ("cell", "optimizer", "schedule", "clip", "sampler", "data", "tracking", "experiment"):
         root = EXPERIMENTS_DIR if group == "experiment" else CONF_DIR
         names = {p.stem for p in (root / group).glob("*.yaml")}
         if group in GROUPS:

@@ -209,6 +209,7 @@ def run(cfg) -> float:
     cell_name, cell_opts = plugin_options("cell", cfg.cell)
     opt_name, _ = plugin_options("optimizer", cfg.optimizer)
     optimizer, clipper, sampler = build("optimizer", cfg), build("clip", cfg), build("sampler", cfg)
+    schedule = build("schedule", cfg) if "schedule" in cfg else None
     tracking = cfg.tracking.name if "tracking" in cfg and cfg.tracking else "none"
     if tracking not in TRACKERS:
         raise ConfigError(f"tracking: unknown tracker {tracking!r}; available: {', '.join(TRACKERS)}")
@@ -247,7 +248,7 @@ def run(cfg) -> float:
     if tracker:
         callbacks.append(tracker)
     callbacks.append(stopper)  # last: the step is checkpointed and logged before a stop
-    log.info("%s: %r on %r, %s, %s, %s", name, lm, ds, optimizer, clipper, sampler)
+    log.info("%s: %r on %r, %s, %s, %s, %s", name, lm, ds, optimizer, schedule, clipper, sampler)
     status, reason, hist = "FAILED", None, None
     stopper.install()
     try:
@@ -256,7 +257,8 @@ def run(cfg) -> float:
                          batch_size=settings.batch_size, seed=settings.seed, eval_every=settings.eval_every,
                          sample_every=settings.sample_every or settings.steps,
                          num_samples=settings.num_samples, sampler=sampler, start_step=start, state=state,
-                         callbacks=callbacks)
+                         callbacks=callbacks, schedule=schedule, patience=settings.patience,
+                         min_delta=settings.min_delta)
         status = "FINISHED"
         if tracker:
             best_path = out_dir / "checkpoints" / "best.npz"
@@ -294,6 +296,9 @@ def run(cfg) -> float:
         f"  final val_nll {final:.4f} nats/char ({nats_to_bits(final):.4f} bits/char), "
         f"best {checkpointer.best:.4f}",
         f"  samples: {', '.join(last_samples)}",
+        *([f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
+           f"{settings.patience} evaluations (best checkpoint: {out_dir / 'checkpoints' / 'best.npz'})"]
+          if hist.stopped_at is not None else []),
         f"  checkpoints: {out_dir / 'checkpoints'}",
     ]
     if tracker:

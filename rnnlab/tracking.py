@@ -161,7 +161,7 @@ class MlflowTracker(Callback):
         return True
 
     def on_step(self, step, m):
-        for key in ("train_loss", "grad_norm", "chars_per_sec"):
+        for key in ("train_loss", "grad_norm", "chars_per_sec", "lr"):
             self._metric(key, m[key], step + 1)
         self.final["train_loss"] = m["smooth_loss"]
 

@@ -49,6 +49,7 @@ class History:
     val_nll: list = field(default_factory=list)           # nats/char on the validation split
     samples: dict = field(default_factory=dict)           # step -> generated texts
     state: object = None                                   # hidden state carried out of the last step
+    stopped_at: int | None = None                          # the step where early stopping ended the run
     chars: int = 0                                         # characters trained on
     seconds: float = 0.0                                   # time spent in training steps
 
@@ -74,9 +75,13 @@ def evaluate(lm, params, dataset, split: str = "val", batch_size: int = 256) -> 
 
 def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size: int = 32, seed: int = 0,
           eval_every: int = 200, sample_every: int = 0, num_samples: int = 5, sampler=None,
-          start_step: int = 0, state=None, callbacks=(), smoothing: float = 0.98) -> History:
+          start_step: int = 0, state=None, callbacks=(), smoothing: float = 0.98, schedule=None,
+          patience: int = 0, min_delta: float = 0.0) -> History:
     """Train ``params`` in place for steps ``start_step … steps - 1`` and return the ``History``.
 
+    schedule: ``schedule(step, steps)`` → factor of the optimizer's learning rate at each step (None:
+    constant). patience: stop early after that many evaluations without an improvement of the
+    validation loss by more than ``min_delta`` (0: never); ``History.stopped_at`` then says where.
     state: the hidden state carried into ``start_step`` (running text; None for zeros). The final
     validation loss is measured at the last step whatever ``eval_every`` is.
     """
@@ -84,8 +89,12 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     dataset.check_batch_size(batch_size)
     sampler = sampler or SoftmaxSampler()
+    if patience < 0:
+        raise ValueError(f"patience must be >= 0, got {patience}")
     hist = History(state=state)
     smooth = None
+    base_lr = optimizer.lr
+    best, stale = math.inf, 0
     for cb in callbacks:
         cb.on_start(start_step, hist)
     for step in range(start_step, steps):
@@ -99,6 +108,8 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
             raise TrainingDiverged(step, "the training loss", loss)
         if not math.isfinite(norm):
             raise TrainingDiverged(step, "the gradient norm", norm)
+        if schedule is not None:
+            optimizer.lr = base_lr * schedule(step, steps)
         optimizer.step(params, grads)
         dt = time.perf_counter() - t0
         n_chars = int(batch.mask.sum())
@@ -110,7 +121,7 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
         hist.smooth_loss.append(smooth)
         hist.grad_norm.append(norm)
         hist.state = state
-        metrics = {"train_loss": loss, "smooth_loss": smooth, "grad_norm": norm,
+        metrics = {"train_loss": loss, "smooth_loss": smooth, "grad_norm": norm, "lr": optimizer.lr,
                    "chars_per_sec": n_chars / dt if dt > 0 else math.inf}
         for cb in callbacks:
             cb.on_step(step, metrics)
@@ -121,12 +132,21 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
             hist.val_nll.append(val)
             for cb in callbacks:
                 cb.on_eval(step, {"val_nll": val, "val_bpc": nats_to_bits(val)})
+            if val < best - min_delta:
+                best, stale = val, 0
+            else:
+                stale += 1
+            if patience and stale >= patience and not last:
+                hist.stopped_at, last = step, True
         if sample_every and ((step + 1) % sample_every == 0 or last):
             rng = np.random.default_rng([seed, 1, step])
             texts = generate(lm, params, dataset.vocab, sampler, rng, n=num_samples)
             hist.samples[step] = texts
             for cb in callbacks:
                 cb.on_samples(step, texts)
+        if hist.stopped_at is not None:
+            break
+    optimizer.lr = base_lr
     for cb in callbacks:
-        cb.on_end(steps - 1, hist)
+        cb.on_end(hist.step[-1] if hist.step else steps - 1, hist)
     return hist

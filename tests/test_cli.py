@@ -104,7 +104,8 @@ def test_generate_from_run_id_and_checkpoint(tracked):
 
 @pytest.mark.slow
 def test_resume_is_bit_for_bit(tmp_path):
-    common = ["tracking=none", "cell=gru", *FAST]
+    # (a schedule that depends on the step only: this test stops the first run by asking fewer steps)
+    common = ["tracking=none", "cell=gru", "schedule=step", "schedule.every=7", "schedule.warmup=3", *FAST]
     full = cli(common, tmp_path)
     assert full.returncode == 0, full.stderr
     full_ckpt = load(run_dir(tmp_path) / "checkpoints" / "last.npz")
@@ -155,6 +156,10 @@ BAD = [
     (["data=lines", "data.path=/no/such/file.txt"], "data file not found: '/no/such/file.txt'"),
     (["batch_size=5000"], "batch_size=5000 is larger than the 1199 training lines"),
     (["dtype=float16"], "dtype must be float32 or float64"),
+    (["schedule=cosin"], "Did you mean schedule=cosine?"),
+    (["schedule=step", "schedule.gamma=2"], "schedule.gamma must be in (0, 1], got 2.0"),
+    (["schedule.warmup=-1"], "schedule.warmup must be an integer >= 0, got -1"),
+    (["patience=-1"], "patience must be >= 0 (0: no early stopping), got -1"),
     (["resume=/no/such.npz"], "checkpoint not found"),
 ]
 
