@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import positive
 from .registry import CLIPPERS
 
 
@@ -40,9 +41,7 @@ class ValueClip:
         max_value: float = 5.0
 
     def __init__(self, max_value: float = 5.0):
-        if not max_value > 0:
-            raise ValueError(f"max_value must be > 0, got {max_value}")
-        self.max_value = float(max_value)
+        self.max_value = positive("max_value", max_value)
 
     def __call__(self, grads: dict) -> float:
         norm = global_norm(grads)
@@ -63,9 +62,7 @@ class NormClip:
         max_norm: float = 5.0
 
     def __init__(self, max_norm: float = 5.0):
-        if not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        self.max_norm = float(max_norm)
+        self.max_norm = positive("max_norm", max_norm)
 
     def __call__(self, grads: dict) -> float:
         norm = global_norm(grads)

@@ -15,7 +15,6 @@ with time-major ``(T, B)`` arrays; ``reset`` says whether the hidden state start
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +312,3 @@ def load_dataset(kind: str, path=None, **options):
     cls = DATASETS.get(kind)
     return cls.from_file(builtin_path() if path is None else path, **options)
 
-
-def perplexity(nats: float) -> float:
-    return math.exp(nats)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .checks import integer
 from .registry import CELLS
 
 LN2 = math.log(2.0)
@@ -36,9 +37,7 @@ class CharLM:
                  num_layers: int = 1, dtype=np.float32, reduction: str = "mean"):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-        for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        hidden_size, num_layers = integer("hidden_size", hidden_size, 1), integer("num_layers", num_layers, 1)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
         self.reduction = reduction  # what the gradients are of: see loss_and_grads

@@ -14,19 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import positive as _positive, unit_interval as _unit
 from .registry import OPTIMIZERS
-
-
-def _positive(name, value):
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)
-
-
-def _unit(name, value):
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
 
 
 class Optimizer:
@@ -105,9 +94,7 @@ class Momentum(Optimizer):
 
     def __init__(self, lr: float, momentum: float = 0.9):
         super().__init__(lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
+        self.momentum = _unit("momentum", momentum)
 
     def update(self, p, g, buf):
         v = buf["v"]

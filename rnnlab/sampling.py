@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import integer, positive
 from .registry import SAMPLERS
 
 
@@ -25,12 +26,6 @@ def _draw(probs, rng):
     return np.minimum((cdf <= u).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def _check_temperature(temperature):
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return float(temperature)
-
-
 @SAMPLERS.register("softmax")
 class SoftmaxSampler:
     """Sample from softmax(logits / temperature)."""
@@ -40,7 +35,7 @@ class SoftmaxSampler:
         temperature: float = 1.0
 
     def __init__(self, temperature: float = 1.0):
-        self.temperature = _check_temperature(temperature)
+        self.temperature = positive("temperature", temperature)
 
     def probs(self, logits):
         return _softmax(np.asarray(logits, np.float64) / self.temperature)
@@ -77,10 +72,8 @@ class TopKSampler(SoftmaxSampler):
         temperature: float = 1.0
 
     def __init__(self, k: int = 5, temperature: float = 1.0):
-        if int(k) != k or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k}")
-        self.k = int(k)
-        self.temperature = _check_temperature(temperature)
+        self.k = integer("k", k, 1)
+        self.temperature = positive("temperature", temperature)
 
     def probs(self, logits):
         p = super().probs(logits)
@@ -103,7 +96,7 @@ class TopPSampler(SoftmaxSampler):
         if not 0 < p <= 1:
             raise ValueError(f"p must be in (0, 1], got {p}")
         self.p = float(p)
-        self.temperature = _check_temperature(temperature)
+        self.temperature = positive("temperature", temperature)
 
     def probs(self, logits):
         probs = super().probs(logits)

@@ -11,13 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .checks import integer
 from .registry import SCHEDULES
-
-
-def _check_warmup(warmup):
-    if int(warmup) != warmup or warmup < 0:
-        raise ValueError(f"warmup must be an integer >= 0, got {warmup}")
-    return int(warmup)
 
 
 def _warm(step: int, warmup: int) -> float:
@@ -33,7 +28,7 @@ class Constant:
         warmup: int = 0
 
     def __init__(self, warmup: int = 0):
-        self.warmup = _check_warmup(warmup)
+        self.warmup = integer("warmup", warmup, 0)
 
     def __call__(self, step: int, steps: int) -> float:
         return _warm(step, self.warmup)
@@ -53,11 +48,10 @@ class StepDecay(Constant):
         warmup: int = 0
 
     def __init__(self, every: int = 1000, gamma: float = 0.5, warmup: int = 0):
-        if int(every) != every or every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {every}")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.every, self.gamma, self.warmup = int(every), float(gamma), _check_warmup(warmup)
+        self.every, self.gamma = integer("every", every, 1), float(gamma)
+        self.warmup = integer("warmup", warmup, 0)
 
     def __call__(self, step: int, steps: int) -> float:
         return _warm(step, self.warmup) * self.gamma ** (step // self.every)
@@ -76,7 +70,7 @@ class Cosine(Constant):
     def __init__(self, warmup: int = 0, min_factor: float = 0.0):
         if not 0 <= min_factor <= 1:
             raise ValueError(f"min_factor must be in [0, 1], got {min_factor}")
-        self.warmup, self.min_factor = _check_warmup(warmup), float(min_factor)
+        self.warmup, self.min_factor = integer("warmup", warmup, 0), float(min_factor)
 
     def __call__(self, step: int, steps: int) -> float:
         if step < self.warmup:

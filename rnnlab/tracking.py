@@ -77,7 +77,6 @@ class MlflowTracker(Callback):
         self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
         self.out_dir = Path(out_dir) if out_dir else None
         self.buffer = []
-        self.final = {}
         self.model_uri = None
         self.failing_since = None   # the first error of an outage of the tracking store
         self.errors = 0
@@ -163,12 +162,10 @@ class MlflowTracker(Callback):
     def on_step(self, step, m):
         for key in ("train_loss", "grad_norm", "chars_per_sec", "lr"):
             self._metric(key, m[key], step + 1)
-        self.final["train_loss"] = m["smooth_loss"]
 
     def on_eval(self, step, m):
         self._metric("val_nll", m["val_nll"], step + 1)
         self._metric("val_bpc", m["val_bpc"], step + 1)
-        self.final.update(val_nll=m["val_nll"], val_bpc=m["val_bpc"])
         self.flush()
 
     def on_samples(self, step, samples):
@@ -186,7 +183,6 @@ class MlflowTracker(Callback):
             best = min(history.val_nll)
             self._metric("best_val_nll", best, step + 1)
             self._metric("best_val_bpc", nats_to_bits(best), step + 1)
-            self.final["best_val_nll"] = best
         self.flush()
 
     def finish(self, status: str = "FINISHED", reason: str | None = None):
