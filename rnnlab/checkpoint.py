@@ -124,7 +124,8 @@ def validate(ckpt: Checkpoint, lm, where: str = "checkpoint") -> None:
 def model_meta(lm, vocab) -> dict:
     """The header fields that rebuild the model: its shape and its vocabulary."""
     return {"model": {"cell": lm.cell_name, "hidden_size": lm.hidden_size, "num_layers": lm.num_layers,
-                      "dtype": lm.dtype.name, "vocab_size": lm.vocab_size},
+                      "dtype": lm.dtype.name, "vocab_size": lm.vocab_size, "dropout": lm.dropout,
+                      "embedding_size": lm.embedding_size},
             "vocab": list(vocab.chars)}
 
 
@@ -136,7 +137,8 @@ def restore_model(ckpt: Checkpoint, where: str = "checkpoint"):
         spec, chars = ckpt.meta["model"], ckpt.meta["vocab"]
         vocab = Vocab(tuple(chars))
         lm = CharLM(len(vocab), spec["cell"], int(spec["hidden_size"]), int(spec["num_layers"]),
-                    dtype=spec["dtype"])
+                    dtype=spec["dtype"], dropout=float(spec.get("dropout", 0.0)),
+                    embedding_size=int(spec.get("embedding_size", 0)))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: its header does not describe a usable model ({e})") from None
     if spec.get("vocab_size") != len(vocab):

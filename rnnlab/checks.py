@@ -11,6 +11,13 @@ def positive(name: str, value) -> float:
     return float(value)
 
 
+def nonnegative(name: str, value) -> float:
+    """``value`` as a float, if it is >= 0."""
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
 def unit_interval(name: str, value) -> float:
     """``value`` as a float, if it is in [0, 1)."""
     if not 0 <= value < 1:

@@ -50,6 +50,7 @@ class RunSettings:
     patience: int = 0
     min_delta: float = 0.0
     reduction: str = "mean"
+    report_samples: int = 0
     resume: Optional[str] = None
 
 
@@ -104,6 +105,9 @@ def run_settings(cfg) -> RunSettings:
         raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {settings.patience}")
     if settings.min_delta < 0:
         raise ConfigError(f"min_delta must be >= 0, got {settings.min_delta}")
+    if settings.report_samples < 0:
+        raise ConfigError(f"report_samples must be >= 0 (0: no final sample report), "
+                          f"got {settings.report_samples}")
     if settings.sample_every < 0:
         raise ConfigError(f"sample_every must be >= 0 (0: only at the end), got {settings.sample_every}")
     if settings.reduction not in ("mean", "sum"):

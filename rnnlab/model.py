@@ -1,8 +1,17 @@
-"""The character language model: one-hot ids → stacked cells → linear output → softmax cross-entropy.
+"""The character language model: ids → (one-hot or embedding) → stacked cells → linear output → softmax
+cross-entropy.
 
-Parameters are one flat dict of arrays: the cells' as ``"l{k}.{name}"`` (``l0.Wx``, ``l0.Wh``, …) and
-the output layer's as ``Wy (H, V)``, ``by (V,)``. Shapes are time-major: ``x``, ``y``, ``mask`` are
-``(T, B)``; a state is a list, one tuple of (B, H) arrays per layer.
+Parameters are one flat dict of arrays: the embedding ``E (V, D)`` when there is one, the cells' as
+``"l{k}.{name}"`` (``l0.Wx``, ``l0.Wh``, …) and the output layer's as ``Wy (H, V)``, ``by (V,)``. Shapes
+are time-major: ``x``, ``y``, ``mask`` are ``(T, B)``; a state is a list, one tuple of (B, H) arrays per
+layer.
+
+Dropout (inverted: kept units are scaled by 1/(1-p)) acts on the non-recurrent connections only, as in
+Zaremba et al. (2014): the embedding output, the output of every layer into the next one, and the top
+layer's output into the softmax layer. The recurrent connections are never dropped. A set of dropout
+masks is a list ``drop`` of ``num_layers + 1`` arrays: ``drop[0]`` for the embedding output (None
+without an embedding), ``drop[k + 1]`` for the output of layer ``k``. Masks are drawn only in training
+(``loss_and_grads`` with an ``rng``); evaluation and sampling use the whole network.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ import math
 
 import numpy as np
 
-from .checks import integer
+from .cells.base import scatter_rows
+from .checks import integer, unit_interval
 from .registry import CELLS
 
 LN2 = math.log(2.0)
@@ -34,10 +44,13 @@ class CharLM:
     """
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
-                 num_layers: int = 1, dtype=np.float32, reduction: str = "mean"):
+                 num_layers: int = 1, dtype=np.float32, reduction: str = "mean", dropout: float = 0.0,
+                 embedding_size: int = 0):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
         hidden_size, num_layers = integer("hidden_size", hidden_size, 1), integer("num_layers", num_layers, 1)
+        self.dropout = unit_interval("dropout", dropout)
+        self.embedding_size = integer("embedding_size", embedding_size, 0)  # 0: one-hot input
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
         self.reduction = reduction  # what the gradients are of: see loss_and_grads
@@ -49,15 +62,18 @@ class CharLM:
         self.dtype = np.dtype(dtype)
 
     def __repr__(self):
+        extra = "".join(f", {k}={getattr(self, k)}" for k in ("embedding_size", "dropout") if getattr(self, k))
         return (f"CharLM(vocab_size={self.vocab_size}, cell={self.cell_name!r}, "
-                f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, dtype={self.dtype.name})")
+                f"hidden_size={self.hidden_size}, num_layers={self.num_layers}{extra}, dtype={self.dtype.name})")
 
     # --------------------------------------------------------------------------------- parameters
     def init_params(self, rng: np.random.Generator) -> dict:
         """Fresh parameters drawn from ``rng``."""
         params = {}
+        if self.embedding_size:  # N(0, 1) rows, as the common frameworks initialise an embedding
+            params["E"] = rng.standard_normal((self.vocab_size, self.embedding_size)).astype(self.dtype)
         for k in range(self.num_layers):
-            n_in = self.vocab_size if k == 0 else self.hidden_size
+            n_in = (self.embedding_size or self.vocab_size) if k == 0 else self.hidden_size
             for name, value in self.cell.init(n_in, self.hidden_size, rng, self.dtype).items():
                 params[f"l{k}.{name}"] = value
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -74,23 +90,45 @@ class CharLM:
         return [self.cell.zero_state(batch, self.hidden_size, self.dtype) for _ in range(self.num_layers)]
 
     # ------------------------------------------------------------------------------ forward/backward
-    def forward(self, params, x, state0=None, mask=None):
-        """x: (T, B) int ids. Returns ((logits (T, B, V), final state), cache)."""
+    def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> list | None:
+        """Fresh inverted-dropout masks for a (T, B) batch (None when ``dropout`` is 0): see the module
+        docstring for which connection each one drops."""
+        if not self.dropout:
+            return None
+        keep = 1.0 - self.dropout
+
+        def draw(width):
+            return ((rng.random((T, B, width)) < keep) / keep).astype(self.dtype)
+
+        return [draw(self.embedding_size) if self.embedding_size else None] + \
+            [draw(self.hidden_size) for _ in range(self.num_layers)]
+
+    def embed(self, params, x):
+        """The input of the first layer: the ids themselves (one-hot) or their embedding rows."""
+        return np.take(params["E"], x, axis=0) if self.embedding_size else x
+
+    def forward(self, params, x, state0=None, mask=None, drop=None):
+        """x: (T, B) int ids; drop: dropout masks or None. Returns ((logits (T, B, V), final state), cache)."""
         T, B = x.shape
         state0 = self.initial_state(B) if state0 is None else state0
-        inp, caches, final = x, [], []
+        drop = drop or [None] * (self.num_layers + 1)
+        inp = self.embed(params, x)
+        if drop[0] is not None:
+            inp = inp * drop[0]
+        caches, final = [], []
         for k in range(self.num_layers):
             (hs, state), cache = self.cell.forward(inp, state0[k], self.layer_params(params, k), mask)
             caches.append(cache)
             final.append(state)
-            inp = hs
+            inp = hs if drop[k + 1] is None else hs * drop[k + 1]
         top = inp.reshape(T * B, self.hidden_size)
         logits = top @ params["Wy"] + params["by"]
-        return (logits.reshape(T, B, -1), final), (caches, top)
+        return (logits.reshape(T, B, -1), final), (caches, top, drop)
 
-    def loss(self, params, x, y, mask=None, state0=None):
-        """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state)."""
-        (logits, final), _ = self.forward(params, x, state0, mask)
+    def loss(self, params, x, y, mask=None, state0=None, drop=None):
+        """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state).
+        No dropout unless masks are given (``drop``, e.g. for a gradient check)."""
+        (logits, final), _ = self.forward(params, x, state0, mask, drop)
         loss, _ = self._nll(logits, y, mask)
         return loss, final
 
@@ -104,15 +142,21 @@ class CharLM:
             raise ValueError("the batch has no unmasked character")
         return float(-(picked * w).sum() / n), (logp, w, n)
 
-    def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None):
+    def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None, rng=None, drop=None,
+                       return_dstate0=False):
         """Loss (nats per character), gradients of every parameter, and the final state.
 
         The gradients are those of the mean loss per character (``reduction="mean"``) or of the loss
         summed over each sequence and averaged over the batch (``"sum"``: the course's loss per name).
         x, y: (T, B) int ids (inputs and next-character targets); mask: (T, B) 1/0 or None;
         state0: initial state (zeros if None); dstate: gradient flowing into the final state (None).
+        rng: draws the dropout masks of this batch (training); drop: given masks instead (a gradient
+        check); neither: no dropout. return_dstate0: also return the gradient of the loss with respect
+        to ``state0`` (per layer, like a state), the gradient that full BPTT would pass to the batch before.
         """
-        (logits, final), (caches, top) = self.forward(params, x, state0, mask)
+        if drop is None and rng is not None:
+            drop = self.dropout_masks(rng, *x.shape)
+        (logits, final), (caches, top, drop) = self.forward(params, x, state0, mask, drop)
         loss, (logp, w, n) = self._nll(logits, y, mask)
         T, B = x.shape
         # d loss / d logits = (softmax - onehot) * w / n
@@ -122,16 +166,23 @@ class CharLM:
         dlogits = dlogits.astype(self.dtype, copy=False)
         grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
         dhs = (dlogits @ params["Wy"].T).reshape(T, B, self.hidden_size)
+        dstate0 = [None] * self.num_layers
         for k in reversed(range(self.num_layers)):
-            g, (dx, _) = self.cell.backward(dhs, caches[k], None if dstate is None else dstate[k])
+            if drop[k + 1] is not None:
+                dhs *= drop[k + 1]
+            g, (dx, dstate0[k]) = self.cell.backward(dhs, caches[k], None if dstate is None else dstate[k])
             for name, value in g.items():
                 grads[f"l{k}.{name}"] = value
             dhs = dx
-        return loss, grads, final
+        if self.embedding_size:
+            if drop[0] is not None:
+                dhs *= drop[0]
+            grads["E"] = scatter_rows(x, dhs, self.vocab_size)
+        return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
 
     def step(self, params, x_t, state):
         """One step for sampling: x_t (B,) ids, state per layer. Returns (logits (B, V), state)."""
-        inp, new_state = x_t, []
+        inp, new_state = self.embed(params, np.asarray(x_t)), []
         for k in range(self.num_layers):
             s = self.cell.step(inp, state[k], self.layer_params(params, k))
             new_state.append(s)

@@ -4,6 +4,11 @@
     opt.step(params, grads)
     state = opt.state_dict()      # plain arrays and numbers, for checkpoints
 
+Every optimizer takes ``weight_decay`` (default 0): decoupled weight decay (Loshchilov & Hutter), each
+step ``p -= lr * weight_decay * p`` on the weight matrices (arrays of 2 or more dimensions; biases are
+not decayed), before the optimizer's own update. For SGD it is the gradient of an L2 penalty; for Adam
+it makes AdamW.
+
 Every optimizer keeps its per-parameter buffers in ``self.buffers[name][slot]`` and its step count in
 ``self.t``, so checkpoints and resumes need no knowledge of its insides.
 """
@@ -14,15 +19,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import positive as _positive, unit_interval as _unit
+from .checks import nonnegative as _nonnegative, positive as _positive, unit_interval as _unit
 from .registry import OPTIMIZERS
 
 
 class Optimizer:
     slots: tuple[str, ...] = ()
 
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, weight_decay: float = 0.0):
         self.lr = _positive("lr", lr)
+        self.weight_decay = _nonnegative("weight_decay", weight_decay)
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {}
 
@@ -42,7 +48,10 @@ class Optimizer:
     def step(self, params: dict, grads: dict) -> None:
         """Update every parameter that has a gradient, in place."""
         self.t += 1
+        decay = 1 - self.lr * self.weight_decay
         for name, p in params.items():
+            if self.weight_decay and p.ndim >= 2:
+                p *= decay
             self.update(p, grads[name], self._buffers(name, p))
 
     def update(self, p, g, buf):  # pragma: no cover - abstract
@@ -77,6 +86,7 @@ class SGD(Optimizer):
     @dataclass
     class Config:
         lr: float = 0.01
+        weight_decay: float = 0.0
 
     def update(self, p, g, buf):
         p -= self.lr * g
@@ -90,10 +100,11 @@ class Momentum(Optimizer):
     @dataclass
     class Config:
         lr: float = 0.01
+        weight_decay: float = 0.0
         momentum: float = 0.9
 
-    def __init__(self, lr: float, momentum: float = 0.9):
-        super().__init__(lr)
+    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.momentum = _unit("momentum", momentum)
 
     def update(self, p, g, buf):
@@ -111,10 +122,11 @@ class Adagrad(Optimizer):
     @dataclass
     class Config:
         lr: float = 0.01
+        weight_decay: float = 0.0
         eps: float = 1e-8
 
-    def __init__(self, lr: float, eps: float = 1e-8):
-        super().__init__(lr)
+    def __init__(self, lr: float, eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.eps = _positive("eps", eps)
 
     def update(self, p, g, buf):
@@ -131,11 +143,12 @@ class RMSProp(Optimizer):
     @dataclass
     class Config:
         lr: float = 0.01
+        weight_decay: float = 0.0
         rho: float = 0.99
         eps: float = 1e-8
 
-    def __init__(self, lr: float, rho: float = 0.99, eps: float = 1e-8):
-        super().__init__(lr)
+    def __init__(self, lr: float, rho: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.rho, self.eps = _unit("rho", rho), _positive("eps", eps)
 
     def update(self, p, g, buf):
@@ -153,12 +166,14 @@ class Adam(Optimizer):
     @dataclass
     class Config:
         lr: float = 0.01
+        weight_decay: float = 0.0
         beta1: float = 0.9
         beta2: float = 0.999
         eps: float = 1e-8
 
-    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(lr)
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.beta1, self.beta2, self.eps = _unit("beta1", beta1), _unit("beta2", beta2), _positive("eps", eps)
 
     def update(self, p, g, buf):

@@ -113,6 +113,11 @@ class Progress(Callback):
             self.bar.clear()
         log.info("samples at step %d: %s", step + 1, ", ".join(samples))
 
+    def on_report(self, step, m):
+        if self.bar is not None:
+            self.bar.clear()
+        log.info("step %d: %s", step + 1, "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+
     def on_end(self, step, history):
         if self.bar is not None:
             self.bar.close()
@@ -127,6 +132,11 @@ class SampleWriter(Callback):
     def on_samples(self, step, samples):
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / f"step_{step + 1:06d}.txt").write_text("\n".join(samples) + "\n")
+
+    def on_end(self, step, history):
+        if history.report.get("samples"):  # the final sample report's samples, from the best parameters
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "report.txt").write_text("\n".join(history.report["samples"]) + "\n")
 
 
 class Checkpointer(Callback):
@@ -258,7 +268,8 @@ def run(cfg) -> float:
                          sample_every=settings.sample_every or settings.steps,
                          num_samples=settings.num_samples, sampler=sampler, start_step=start, state=state,
                          callbacks=callbacks, schedule=schedule, patience=settings.patience,
-                         min_delta=settings.min_delta)
+                         min_delta=settings.min_delta, best=best, report_samples=settings.report_samples,
+                         max_len=settings.max_len)
         status = "FINISHED"
         if tracker:
             best_path = out_dir / "checkpoints" / "best.npz"
@@ -296,6 +307,13 @@ def run(cfg) -> float:
         f"  final val_nll {final:.4f} nats/char ({nats_to_bits(final):.4f} bits/char), "
         f"best {checkpointer.best:.4f}",
         f"  samples: {', '.join(last_samples)}",
+        *([f"  test_nll {hist.test_nll:.4f} nats/char ({nats_to_bits(hist.test_nll):.4f} bits/char) with the "
+           f"parameters of step {hist.best_step + 1 if hist.best_step is not None else hist.step[-1] + 1}"]
+          if hist.test_nll is not None else []),
+        *([f"  {len(hist.report['samples'])} samples of the best model: {hist.report['samples_new']:.1%} new, "
+           f"{hist.report['samples_in_train']:.1%} copies of training names, "
+           f"{hist.report['samples_in_heldout']:.1%} of held-out names ({out_dir / 'samples' / 'report.txt'})"]
+          if hist.report else []),
         *([f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
            f"{settings.patience} evaluations (best checkpoint: {out_dir / 'checkpoints' / 'best.npz'})"]
           if hist.stopped_at is not None else []),

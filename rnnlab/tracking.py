@@ -173,6 +173,10 @@ class MlflowTracker(Callback):
         if not self._safe("log_text", self.client.log_text, self.run_id, "\n".join(samples) + "\n", name):
             self.skipped.append(name)
 
+    def on_report(self, step, m):
+        for key, value in m.items():
+            self._metric(key, value, step + 1)
+
     def log_checkpoint(self, kind, path):
         if not self._safe("log_artifact", self.client.log_artifact, self.run_id, str(path), "checkpoints"):
             self.skipped.append(f"checkpoints/{kind}.npz")
@@ -184,6 +188,11 @@ class MlflowTracker(Callback):
             self._metric("best_val_nll", best, step + 1)
             self._metric("best_val_bpc", nats_to_bits(best), step + 1)
         self.flush()
+        if history.report.get("samples"):
+            name = "samples/report.txt"
+            if not self._safe("log_text", self.client.log_text, self.run_id,
+                              "\n".join(history.report["samples"]) + "\n", name):
+                self.skipped.append(name)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None):
         """Flush, tag the reason of a failure or a stop, and end the run with ``status``. Metrics the

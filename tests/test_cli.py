@@ -36,7 +36,8 @@ def run_dir(cwd: Path) -> Path:
 def tracked(tmp_path_factory):
     """One tracked run into a fresh store in a fresh directory."""
     cwd = tmp_path_factory.mktemp("tracked")
-    out = cli(["cell=lstm", "lr=0.01", *FAST], cwd)
+    out = cli(["cell=lstm", "lr=0.01", *FAST, "data.test_fraction=0.1", "cell.dropout=0.1",
+               "cell.embedding_size=8", "optimizer.weight_decay=0.01", "report_samples=50"], cwd)
     assert out.returncode == 0, out.stderr
     from mlflow.tracking import MlflowClient
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
@@ -54,10 +55,13 @@ def test_tracked_run_logs_everything(tracked):
     p = run.data.params
     assert p["cell.name"] == "lstm" and p["cell.hidden_size"] == "16" and p["optimizer.lr"] == "0.01"
     assert p["steps"] == "30" and p["data.name"] == "dinos" and p["clip.max_norm"] == "5.0"
+    assert p["cell.dropout"] == "0.1" and p["cell.embedding_size"] == "8"
+    assert p["optimizer.weight_decay"] == "0.01" and p["data.test_fraction"] == "0.1"
     tags = run.data.tags
     assert tags["cell"] == "lstm" and tags["dataset"] == "dinos" and "lr=0.01" in tags["overrides"]
     for key, n in [("train_loss", 30), ("grad_norm", 30), ("chars_per_sec", 30), ("val_nll", 3),
-                   ("val_bpc", 3)]:
+                   ("val_bpc", 3), ("samples_new", 2), ("test_nll", 1), ("test_bpc", 1),
+                   ("final_samples_new", 1), ("final_samples_in_train", 1), ("final_samples_in_heldout", 1)]:
         history = client.get_metric_history(run.info.run_id, key)
         assert len(history) == n, key
     val = [m.value for m in client.get_metric_history(run.info.run_id, "val_nll")]
@@ -66,13 +70,18 @@ def test_tracked_run_logs_everything(tracked):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples", "checkpoints", "config"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-    assert samples == {"samples/step_000015.txt", "samples/step_000030.txt"}
+    assert samples == {"samples/step_000015.txt", "samples/step_000030.txt", "samples/report.txt"}
+    report = client.download_artifacts(run.info.run_id, "samples/report.txt", str(cwd))
+    assert len(Path(report).read_text().splitlines()) == 50
     ckpts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert ckpts == {"checkpoints/last.npz", "checkpoints/best.npz"}
     # the run says where to look
     assert run.info.run_id in output
     assert f"mlflow ui --backend-store-uri {uri}" in output
     assert "final val_nll" in output
+    test_nll = client.get_metric_history(run.info.run_id, "test_nll")[0].value
+    assert f"test_nll {test_nll:.4f} nats/char" in output
+    assert "50 samples of the best model: " in output
 
 
 @pytest.mark.slow
@@ -138,6 +147,10 @@ def test_resume_from_mlflow_run_id(tmp_path):
 
 BAD = [
     (["lr=-1"], "lr must be > 0, got -1.0"),
+    (["cell.dropout=1.5"], "cell.dropout must be in [0, 1), got 1.5"),
+    (["cell.embedding_size=-1"], "cell.embedding_size must be an integer >= 0, got -1"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be >= 0, got -1.0"),
+    (["report_samples=-3"], "report_samples must be >= 0"),
     (["cell.hidden_size=0"], "cell.hidden_size must be an integer >= 1, got 0"),
     (["batch_size=0"], "batch_size must be > 0, got 0"),
     (["steps=0"], "steps must be > 0, got 0"),

@@ -34,6 +34,8 @@ class Cell:
         """Options of a cell in the character model (the same for every built-in cell)."""
         hidden_size: int = 64
         num_layers: int = 1
+        dropout: float = 0.0        # on the non-recurrent connections, in training only
+        embedding_size: int = 0     # 0: one-hot input; D > 0: a learned (V, D) embedding
 
     gates = 1          # G: blocks of H columns in Wx, Wh, b
     state_size = 1     # number of (B, H) arrays in the state: h, or (h, c)
@@ -82,12 +84,18 @@ def project_inputs_backward(x, dxp, Wx):
     flat = dxp.reshape(T * B, GH)
     db = flat.sum(axis=0)
     if np.issubdtype(x.dtype, np.integer):
-        # the scatter-add of rows as one product: onehot(x)ᵀ (V, T·B) @ dxp (T·B, G·H)
-        onehot = np.zeros((T * B, Wx.shape[0]), flat.dtype)
-        onehot[np.arange(T * B), x.reshape(-1)] = 1
-        return onehot.T @ flat, db, None
+        return scatter_rows(x, dxp, Wx.shape[0]), db, None
     xf = x.reshape(T * B, -1)
     return xf.T @ flat, db, (flat @ Wx.T).reshape(x.shape)
+
+
+def scatter_rows(ids, rows, n):
+    """The gradient of a row gather ``W[ids]`` (W with ``n`` rows): the rows (…, D) added into the
+    rows of W they came from, as one product onehot(ids)ᵀ (n, N) @ rows (N, D)."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    onehot = np.zeros((flat.shape[0], n), flat.dtype)
+    onehot[np.arange(flat.shape[0]), np.asarray(ids).reshape(-1)] = 1
+    return onehot.T @ flat
 
 
 def check_mask(mask, T, B, dtype):
