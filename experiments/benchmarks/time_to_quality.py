@@ -1,0 +1,194 @@
+"""Time to quality: seconds of training until a validation loss is reached, on the built-in names.
+
+    python experiments/benchmarks/time_to_quality.py            # → time_to_quality.json, a table on stdout
+    python experiments/benchmarks/time_to_quality.py --no-torch # without PyTorch
+
+The quality bar Q is the final validation loss of the course's textbook ``model()`` (a 50-unit RNN,
+SGD 0.01 on the loss summed per name, element-wise clip 5, one name per step, 35,000 steps, the hidden
+state carried from name to name), trained on the training split of the default job. Then:
+
+- textbook: the same loop (``rnnlab.textbook.optimize`` on each name, as ``model()`` runs it), the
+  validation loss measured every 500 steps; its time is when it first reaches Q;
+- rnnlab: the default job's model and settings (LSTM 64, Adam 0.005, batches of 32 padded names,
+  global-norm clip 5, float32), measured every 5 steps;
+- PyTorch (optional, ``pip install torch==2.13.0``): ``nn.LSTM`` 64 with the same settings on the same
+  batches, measured every 5 steps.
+
+Only training time counts (forward, backward, clipping, update); evaluations are outside the clock.
+Each contender runs ``--repeats`` times (median), 2 threads. Losses are nats per character on the same
+validation split: the textbook's parameters are evaluated by rnnlab's RNN cell with the weights
+transposed and the start token's input row set to zero (the course's first input is a zero vector).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+THREADS = "2"
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, THREADS)
+
+import numpy as np  # noqa: E402
+
+from rnnlab import textbook  # noqa: E402
+from rnnlab.data import load_dataset  # noqa: E402
+from rnnlab.model import CharLM  # noqa: E402
+from rnnlab.train import evaluate  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+MAX_STEPS = 3000   # a batched contender that has not reached Q by then is reported as not reaching it
+
+
+def dataset():
+    return load_dataset("lines", lowercase=True, val_fraction=0.1)   # the default job's split (seed 0)
+
+
+def textbook_val(ds, parameters) -> float:
+    lm = CharLM(len(ds.vocab), "rnn", parameters["Waa"].shape[0], dtype=np.float64)
+    params = {"l0.Wx": parameters["Wax"].T.copy(), "l0.Wh": parameters["Waa"].T.copy(),
+              "l0.b": parameters["b"][:, 0].copy(), "Wy": parameters["Wya"].T.copy(),
+              "by": parameters["by"][:, 0].copy()}
+    params["l0.Wx"][0] = 0   # the course feeds a zero vector (None) where rnnlab feeds the start token
+    return evaluate(lm, params, ds, "val")
+
+
+def run_textbook(ds, iterations=35000, every=500):
+    """The loop of ``textbook.model`` with the validation loss every ``every`` steps.
+    Returns [(training seconds, val)], starting at step ``every``."""
+    vocab = ds.vocab
+    char_to_ix = vocab.char_to_ix
+    with contextlib.redirect_stdout(io.StringIO()):
+        parameters = textbook.initialize_parameters(50, len(vocab), len(vocab))
+    examples = list(ds.lines["train"])
+    np.random.seed(0)
+    np.random.shuffle(examples)
+    a_prev = np.zeros((50, 1))
+    seconds, curve = 0.0, []
+    for j in range(iterations):
+        X = [None] + [char_to_ix[ch] for ch in examples[j % len(examples)]]
+        Y = X[1:] + [char_to_ix["\n"]]
+        t0 = time.perf_counter()
+        _, _, a_prev = textbook.optimize(X, Y, a_prev, parameters, learning_rate=0.01)
+        seconds += time.perf_counter() - t0
+        if (j + 1) % every == 0:
+            curve.append((seconds, textbook_val(ds, parameters)))
+    return curve
+
+
+def run_rnnlab(ds, every=5):
+    from rnnlab.clipping import NormClip
+    from rnnlab.optim import Adam
+    lm = CharLM(len(ds.vocab), "lstm", 64)
+    params = lm.init_params(np.random.default_rng(0))
+    opt, clip = Adam(0.005), NormClip(5.0)
+
+    def step(b):
+        _, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
+        clip(grads)
+        opt.step(params, grads)
+    return lambda b: step(b), lambda: evaluate(lm, params, ds, "val")
+
+
+def run_torch(ds, every=5):
+    import torch
+    torch.set_num_threads(int(THREADS))
+    torch.manual_seed(0)
+    V = len(ds.vocab)
+    rnn, out = torch.nn.LSTM(V, 64), torch.nn.Linear(64, V)
+    params = list(rnn.parameters()) + list(out.parameters())
+    opt = torch.optim.Adam(params, lr=0.005)
+    eye = torch.eye(V)
+
+    def loss_of(b):
+        h, _ = rnn(eye[torch.from_numpy(b.x)])
+        m = torch.from_numpy(b.mask).float().reshape(-1)
+        ce = torch.nn.functional.cross_entropy(out(h).reshape(-1, V), torch.from_numpy(b.y).reshape(-1),
+                                               reduction="none")
+        return (ce * m).sum() / m.sum(), float(m.sum())
+
+    def step(b):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = loss_of(b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    def val():
+        with torch.no_grad():
+            total = count = 0.0
+            for b in ds.eval_batches("val"):
+                loss, n = loss_of(b)
+                total, count = total + float(loss) * n, count + n
+        return total / count
+    return step, val
+
+
+def until(ds, make, target, every=5):
+    """Train a batched contender (batches of 32, seed 0) until its validation loss ≤ target.
+    Returns (training seconds, steps) or (seconds, None) if MAX_STEPS did not reach it."""
+    step, val = make(ds)
+    seconds = 0.0
+    for s in range(MAX_STEPS):
+        b = ds.train_batch(s, 32, 0)
+        t0 = time.perf_counter()
+        step(b)
+        seconds += time.perf_counter() - t0
+        if (s + 1) % every == 0 and val() <= target:
+            return seconds, s + 1
+    return seconds, None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "time_to_quality.json"))
+    args = ap.parse_args()
+    ds = dataset()
+
+    tb_runs = [run_textbook(ds) for _ in range(args.repeats)]
+    target = tb_runs[0][-1][1]    # deterministic: every repeat ends at the same loss
+    assert all(r[-1][1] == target for r in tb_runs)
+    tb_first = [next(sec for sec, v in r if v <= target) for r in tb_runs]
+    result = {"target_val_nll": target, "textbook_total_seconds": [r[-1][0] for r in tb_runs],
+              "textbook_seconds": tb_first,
+              "textbook_curve": [(round(sec, 3), v) for sec, v in tb_runs[0]]}
+    contenders = {"rnnlab": run_rnnlab}
+    if not args.no_torch:
+        contenders["pytorch"] = run_torch
+    for name, make in contenders.items():
+        runs = [until(ds, make, target) for _ in range(args.repeats)]
+        result[f"{name}_seconds"] = [sec for sec, _ in runs]
+        result[f"{name}_steps"] = runs[0][1]
+    med = {k: statistics.median(result[f"{k}_seconds"]) for k in ["textbook", *contenders]}
+    result["median_seconds"] = med
+    result["textbook_over_rnnlab"] = med["textbook"] / med["rnnlab"]
+    if "pytorch" in med:
+        result["pytorch_over_rnnlab"] = med["pytorch"] / med["rnnlab"]
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"quality bar: the textbook model()'s final validation loss, {target:.4f} nats/char")
+    print("| contender | steps to the bar | seconds (median of %d) | vs rnnlab |" % args.repeats)
+    print("|---|---|---|---|")
+    tb_steps = 500 * (1 + [v <= target for _, v in tb_runs[0]].index(True))
+    print(f"| textbook `model()` (RNN 50, SGD, 1 name/step) | {tb_steps:,} | {med['textbook']:.2f} | "
+          f"{med['textbook'] / med['rnnlab']:.1f}× slower |")
+    print(f"| rnnlab default (LSTM 64, Adam, batch 32) | {result['rnnlab_steps']} | {med['rnnlab']:.2f} | 1 |")
+    if "pytorch" in med:
+        steps = result["pytorch_steps"]
+        print(f"| PyTorch nn.LSTM, same settings | {steps if steps else f'> {MAX_STEPS}'} | "
+              f"{med['pytorch']:.2f} | {med['pytorch'] / med['rnnlab']:.1f}× |")
+    if not all(math.isfinite(v) for v in med.values()):
+        raise SystemExit("a contender did not finish")
+
+
+if __name__ == "__main__":
+    main()
