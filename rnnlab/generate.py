@@ -51,7 +51,8 @@ def _task(cfg):
                                         int(cfg.max_len), where)
     except USER_ERRORS as e:
         fail(str(e))
-    print("\n".join(names), flush=True)
+    # names: one per line; running text (which holds newlines): the samples apart, between rules
+    print(("\n" if all("\n" not in s for s in names) else "\n" + "-" * 40 + "\n").join(names), flush=True)
 
 
 def main(argv=None):

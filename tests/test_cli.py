@@ -112,6 +112,25 @@ def test_generate_from_run_id_and_checkpoint(tracked):
 
 
 @pytest.mark.slow
+def test_running_text_continues_a_prime_for_the_requested_length(tmp_path):
+    lines = ["ROMEO: what light through yonder window breaks", "JULIET: ay me", "ROMEO: she speaks",
+             "NURSE: madam, your mother craves a word with you"]
+    (tmp_path / "play.txt").write_text("\n".join(lines * 40) + "\n")
+    out = cli(["tracking=none", "data=text", f"data.path={tmp_path / 'play.txt'}", "data.seq_len=20",
+               "data.test_fraction=0.1", "batch_size=4", "max_len=80", *FAST], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "test_nll" in out.stderr + out.stdout
+    ckpt = run_dir(tmp_path) / "checkpoints" / "best.npz"
+    gen = cli([f"checkpoint={ckpt}", "n=2", "prime=ROMEO:", "max_len=150", "seed=1"], tmp_path,
+              module="rnnlab.generate")
+    assert gen.returncode == 0, gen.stderr
+    samples = gen.stdout.rstrip("\n").split("\n" + "-" * 40 + "\n")
+    assert len(samples) == 2
+    for s in samples:   # the prime, then 150 characters: a newline does not end running text
+        assert s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 150
+
+
+@pytest.mark.slow
 def test_resume_is_bit_for_bit(tmp_path):
     # (a schedule that depends on the step only: this test stops the first run by asking fewer steps)
     common = ["tracking=none", "cell=gru", "schedule=step", "schedule.every=7", "schedule.warmup=3", *FAST]
