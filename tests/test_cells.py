@@ -125,3 +125,41 @@ def test_bad_mask_shape_is_refused(rng):
     params, x, state0 = setup(cell, rng, "ids")
     with pytest.raises(ValueError, match=r"mask has shape \(2, 3\), expected \(T, B\) = \(5, 3\)"):
         cell.forward(x, state0, params, np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("cell_cls", CELL_CLASSES)
+def test_gradcheck_with_an_empty_sequence_and_one_ending_first(cell_cls, rng):
+    """Column 0 has no step at all (its final state is its initial state), column 1 ends after one
+    step; gradients reach the final states, every output (padded ones too) and the initial states."""
+    cell = cell_cls()
+    params, x, state0 = setup(cell, rng, "dense")
+    mask = np.ones((T, B))
+    mask[:, 0] = 0
+    mask[1:, 1] = 0
+    w_out = rng.normal(size=(T, B, H))
+    w_state = [rng.normal(size=(B, H)) for _ in state0]
+
+    def loss():
+        (hs, state), _ = cell.forward(x, state0, params, mask)
+        return float((w_out * hs).sum() + sum((w * s).sum() for w, s in zip(w_state, state)))
+
+    (hs, state), cache = cell.forward(x, state0, params, mask)
+    np.testing.assert_array_equal(state[0][0], state0[0][0])
+    np.testing.assert_array_equal(hs[:, 0], np.broadcast_to(state0[0][0], (T, H)))
+    grads, (dx, dstate0) = cell.backward(w_out, cache, tuple(w_state))
+    variables, analytic = dict(params, x=x), dict(grads, x=dx)
+    for i, s in enumerate(state0):
+        variables[f"state0[{i}]"], analytic[f"state0[{i}]"] = s, dstate0[i]
+    errors = gradcheck(loss, variables, analytic)
+    assert max(errors.values()) < 1e-6, errors
+    assert not dx[:, 0].any() and not dx[1:, 1].any()   # nothing reaches padded inputs
+
+
+@pytest.mark.parametrize("cell_cls", CELL_CLASSES)
+def test_a_mask_with_a_hole_is_refused(cell_cls, rng):
+    cell = cell_cls()
+    params, x, state0 = setup(cell, rng, "ids")
+    mask = np.ones((T, B))
+    mask[2, 1] = 0
+    with pytest.raises(ValueError, match="mask column 1 is not padding at the end of a sequence"):
+        cell.forward(x, state0, params, mask)

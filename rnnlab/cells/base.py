@@ -1,8 +1,14 @@
 """What every cell shares: the input projection of all time steps at once, masks, initial weights.
 
 Shapes (time-major): ``x`` is ``(T, B)`` integer ids (one-hot input: the projection is a row gather) or
-``(T, B, D)`` floats; ``mask`` is ``(T, B)`` with 1 for real steps and 0 for padding. A padded step
-carries the state through unchanged, so the final state of a batch is each sequence's last real state.
+``(T, B, D)`` floats; ``mask`` is ``(T, B)`` with 1 for real steps and 0 for padding at the end of a
+sequence. A padded step carries the state through unchanged (its output repeats the last real state),
+so the final state of a batch is each sequence's last real state (see ``Padding``).
+
+The backward passes compute every factor that does not depend on the incoming gradient (the
+derivatives of the activations, the products with the saved gates) for all steps at once, in bulk,
+before the loop over time; the loop itself is a handful of in-place products and one matrix product
+per step.
 A cell with ``G`` gates has parameters ``Wx (D, G*H)``, ``Wh (H, G*H)``, ``b (G*H,)`` (plus any of its
 own), gates fused along the last axis.
 """
@@ -98,14 +104,81 @@ def scatter_rows(ids, rows, n):
     return onehot.T @ flat
 
 
-def check_mask(mask, T, B, dtype):
-    """``mask`` as a (T, B, 1) array of ``dtype`` (or None for no padding)."""
-    if mask is None:
-        return None
-    mask = np.asarray(mask)
-    if mask.shape != (T, B):
-        raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
-    return mask.astype(dtype)[:, :, None]
+class Padding:
+    """Sequences padded at their end, given by a (T, B) mask of 1s then 0s in each column.
+
+    The recurrences run over the padded steps as well (their inputs are real ids or numbers, so the
+    values stay finite), and this class makes the result what it would be without them: each
+    column's final state is its state after its last real step, its outputs at padded steps repeat
+    that state, and in the backward pass no gradient reaches a padded step — what the padded outputs
+    and the final state receive goes to the last real step. Done in bulk, once per batch, it keeps the
+    mask out of the per-step loops.
+    """
+
+    def __init__(self, mask, T, B, dtype):
+        mask = np.asarray(mask)
+        if mask.shape != (T, B):
+            raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
+        real = mask != 0
+        self.lengths = real.sum(axis=0)
+        wrong = np.nonzero((real != (np.arange(T)[:, None] < self.lengths)).any(axis=0))[0]
+        if wrong.size:
+            raise ValueError(f"mask column {int(wrong[0])} is not padding at the end of a sequence: "
+                             f"each column must be 1 for the sequence's steps, then 0")
+        self.T, self.B = T, B
+        self.real = real[:, :, None]
+        self.valid = self.real.astype(dtype)
+
+    @classmethod
+    def of(cls, mask, T, B, dtype):
+        """A ``Padding`` for ``mask``, or None when there is no mask or nothing is padded."""
+        if mask is None:
+            return None
+        pad = cls(mask, T, B, dtype)
+        return None if pad.lengths.min() == T else pad
+
+    def final(self, seq):
+        """The state after each column's last real step, from ``seq`` (T + 1, B, H) = (initial, steps…)."""
+        return seq[self.lengths, np.arange(self.B)]
+
+    def outputs(self, hs):
+        """The outputs (T, B, H) from ``hs`` (T + 1, B, H): padded steps repeat the final state."""
+        return np.where(self.real, hs[1:], self.final(hs)[None])
+
+
+def end_gradients(pad, dhs, dstate, state_size, T):
+    """Where the gradients of the final state (and of padded outputs) enter the backward loop.
+
+    Returns ``(dhs, ends, start)``: the output gradients to use at each step (zero at padded steps),
+    ``ends = {t: (columns, rows per state array)}``, the gradient to add to the state arrays at step
+    ``t`` for the sequences whose last real step is ``t``, and ``start = (columns, rows)`` for empty
+    sequences, whose gradient goes straight to the initial state (or None).
+    """
+    if pad is None:
+        return dhs, ({T - 1: (slice(None), tuple(dstate))} if dstate is not None else {}), None
+    g = [np.zeros((pad.B, dhs.shape[2]), dhs.dtype) for _ in range(state_size)]
+    if dstate is not None:
+        for gi, di in zip(g, dstate):
+            gi += di
+    g[0] += (dhs * (1 - pad.valid)).sum(axis=0)    # padded outputs are copies of the final h
+    dhs = dhs * pad.valid
+    if not any(gi.any() for gi in g):
+        return dhs, {}, None
+    ends, last = {}, pad.lengths - 1
+    for t in np.unique(last):
+        cols = np.nonzero(last == t)[0]
+        if t >= 0:
+            ends[int(t)] = (cols, tuple(gi[cols] for gi in g))
+    empty = np.nonzero(last < 0)[0]
+    return dhs, ends, ((empty, tuple(gi[empty] for gi in g)) if empty.size else None)
+
+
+def add_rows(arrays, where):
+    """``arrays[k][cols] += rows[k]`` for ``where = (cols, rows)`` (nothing if None)."""
+    if where is not None:
+        cols, rows = where
+        for a, r in zip(arrays, rows):
+            a[cols] += r
 
 
 def sigmoid(x, out=None):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import Cell, check_mask, project_inputs, project_inputs_backward, project_step, sigmoid
+from .base import (Cell, Padding, add_rows, end_gradients, project_inputs, project_inputs_backward,
+                   project_step, sigmoid)
 
 
 @CELLS.register("gru")
@@ -33,60 +34,74 @@ class GRU(Cell):
         gates = project_inputs(x, params["Wx"], params["b"])  # (T, B, 3H) → r, u, n in place
         T, B, H3 = gates.shape
         H = H3 // 3
-        m = check_mask(mask, T, B, gates.dtype)
+        pad = Padding.of(mask, T, B, gates.dtype)
         hs = np.empty((T + 1, B, H), gates.dtype)
         hn = np.empty((T, B, H), gates.dtype)  # h Wh_n + bh, needed by the backward pass
+        hw = np.empty((B, H3), gates.dtype)
+        rn = np.empty((B, H), gates.dtype)
         hs[0] = state0[0]
         for t in range(T):
             z, h = gates[t], hs[t]
-            hw = h @ Wh
+            np.matmul(h, Wh, out=hw)
             z[:, :2 * H] += hw[:, :2 * H]
             sigmoid(z[:, :2 * H], out=z[:, :2 * H])
             np.add(hw[:, 2 * H:], bh, out=hn[t])
             r, u, n = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
-            n += r * hn[t]
+            np.multiply(r, hn[t], out=rn)
+            n += rn
             np.tanh(n, out=n)
             new = hs[t + 1]
             np.subtract(h, n, out=new)  # h_t = n + u * (h - n)
             new *= u
             new += n
-            if m is not None:
-                new -= h
-                new *= m[t]
-                new += h
-        cache = (x, gates, hs, hn, m, params)
-        return (hs[1:], (hs[T],)), cache
+        cache = (x, gates, hs, hn, pad, params)
+        if pad is None:
+            return (hs[1:], (hs[T],)), cache
+        return (pad.outputs(hs), (pad.final(hs),)), cache
 
     def backward(self, dhs, cache, dstate=None):
         """dhs: (T, B, H); dstate: (dh_T,) or None.
 
         Returns (grads {"Wx", "Wh", "b", "bh"}, (dx or None, (dh0,))).
         """
-        x, gates, hs, hn, m, params = cache
-        Wh = params["Wh"]
+        x, gates, hs, hn, pad, params = cache
+        WhT = params["Wh"].T
         T, B, H3 = gates.shape
         H = H3 // 3
         dt = gates.dtype
-        dh = np.zeros((B, H), dt) if dstate is None else dstate[0].astype(dt, copy=True)
+        dhs, ends, start = end_gradients(pad, dhs, dstate, 1, T)
+        r, u, n = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
+        # For all steps at once, the factors that do not depend on the incoming gradient:
+        #   dn = dh (1-u)(1-n²),  du = dh (h_{t-1} - n) u (1-u),  dr = dn hn r (1-r)
+        # built in the gradient buffer dxp and multiplied in place at each step.
         dxp = self.workspace("dxp", gates.shape, dt)   # gradients of the input-side pre-activations
         dhw = self.workspace("dhw", gates.shape, dt)   # gradients of h Wh (+ bh)
+        fr, fu, fn = dxp[..., :H], dxp[..., H:2 * H], dxp[..., 2 * H:]
+        np.subtract(1, r, out=fr)
+        fr *= r
+        fr *= hn
+        np.subtract(1, u, out=fu)
+        fu *= u
+        np.multiply(n, n, out=fn)
+        np.subtract(1, fn, out=fn)
+        fn *= 1 - u
+        tmp = hs[:-1] - n
+        fu *= tmp
+        dh = np.zeros((B, H), dt)
+        direct = np.empty((B, H), dt)
         for t in reversed(range(T)):
             dh += dhs[t]
-            z, h = gates[t], hs[t]
-            r, u, n = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
-            dnew = dh if m is None else dh * m[t]
+            add_rows((dh,), ends.get(t))
             d, dw = dxp[t], dhw[t]
-            dr, du, dn = d[:, :H], d[:, H:2 * H], d[:, 2 * H:]
-            np.multiply(dnew, (1 - u) * (1 - n * n), out=dn)
-            np.multiply(dnew, (h - n) * u * (1 - u), out=du)
-            np.multiply(dn, hn[t] * r * (1 - r), out=dr)
+            gates3 = d.reshape(B, 3, H)                   # a view of the contiguous (B, 3H) row
+            gates3[:, 1:] *= dh[:, None]                  # du, dn
+            gates3[:, 0] *= gates3[:, 2]                  # dr = dn * hn r (1 - r)
             dw[:, :2 * H] = d[:, :2 * H]
-            np.multiply(dn, r, out=dw[:, 2 * H:])
-            direct = dnew * u
-            if m is not None:
-                direct += dh * (1 - m[t])
-            dh = dw @ Wh.T
+            np.multiply(d[:, 2 * H:], r[t], out=dw[:, 2 * H:])
+            np.multiply(dh, u[t], out=direct)
+            np.matmul(dw, WhT, out=dh)
             dh += direct
+        add_rows((dh,), start)
         flat_w = dhw.reshape(T * B, H3)
         dWh = hs[:-1].reshape(T * B, H).T @ flat_w
         dbh = flat_w[:, 2 * H:].sum(axis=0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import Cell, check_mask, project_inputs, project_inputs_backward, project_step, sigmoid
+from .base import (Cell, Padding, add_rows, end_gradients, project_inputs, project_inputs_backward,
+                   project_step, sigmoid)
 
 
 def _activate(z, H):
@@ -39,7 +40,7 @@ class LSTM(Cell):
         gates = project_inputs(x, params["Wx"], params["b"])  # (T, B, 4H), activated in place
         T, B, H4 = gates.shape
         H = H4 // 4
-        m = check_mask(mask, T, B, gates.dtype)
+        pad = Padding.of(mask, T, B, gates.dtype)
         hs = np.empty((T + 1, B, H), gates.dtype)
         cs = np.empty((T + 1, B, H), gates.dtype)
         tanh_c = np.empty((T, B, H), gates.dtype)
@@ -57,70 +58,60 @@ class LSTM(Cell):
             np.multiply(i, g, out=ig)
             c += ig
             np.tanh(c, out=tanh_c[t])
-            h = hs[t + 1]
-            np.multiply(o, tanh_c[t], out=h)
-            if m is not None:  # padded steps carry (h, c) through unchanged
-                for new, old in ((h, hs[t]), (c, cs[t])):
-                    new -= old
-                    new *= m[t]
-                    new += old
-        cache = (x, gates, hs, cs, tanh_c, m, params)
-        return (hs[1:], (hs[T], cs[T])), cache
+            np.multiply(o, tanh_c[t], out=hs[t + 1])
+        cache = (x, gates, hs, cs, tanh_c, pad, params)
+        if pad is None:
+            return (hs[1:], (hs[T], cs[T])), cache
+        return (pad.outputs(hs), (pad.final(hs), pad.final(cs))), cache
 
     def backward(self, dhs, cache, dstate=None):
         """dhs: (T, B, H); dstate: (dh_T, dc_T) or None.
 
         Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0, dc0))).
         """
-        x, gates, hs, cs, tanh_c, m, params = cache
+        x, gates, hs, cs, tanh_c, pad, params = cache
         WhT = params["Wh"].T   # a transposed view: BLAS reads it as is
         T, B, H4 = gates.shape
         H = H4 // 4
         dt = gates.dtype
-        if dstate is None:
-            dh, dc = np.zeros((B, H), dt), np.zeros((B, H), dt)
-        else:
-            dh, dc = (s.astype(dt, copy=True) for s in dstate)
+        dhs, ends, start = end_gradients(pad, dhs, dstate, 2, T)
+        i, f, o, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
+        # For all steps at once, the factors that do not depend on the incoming gradient:
+        #   dc_t += dh_t * A_t,  A = o (1 - tanh²c)
+        #   d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh c o(1-o), i (1-g²))
+        # Q is built in the gradient buffer dz and multiplied in place at each step.
+        A = self.workspace("A", tanh_c.shape, dt)
+        np.multiply(tanh_c, tanh_c, out=A)
+        np.subtract(1, A, out=A)
+        A *= o
         dz = self.workspace("dz", gates.shape, dt)
+        sig = dz[..., :3 * H]
+        np.subtract(1, gates[..., :3 * H], out=sig)
+        sig *= gates[..., :3 * H]                      # s (1 - s) of i, f, o
+        dz[..., :H] *= g
+        dz[..., H:2 * H] *= cs[:-1]
+        dz[..., 2 * H:3 * H] *= tanh_c
+        dg = dz[..., 3 * H:]
+        np.multiply(g, g, out=dg)
+        np.subtract(1, dg, out=dg)
+        dg *= i
+        dh, dc = np.zeros((B, H), dt), np.zeros((B, H), dt)
         dct = np.empty((B, H), dt)
-        tmp = np.empty((B, H), dt)
         dh_rec = np.empty((B, H), dt)
         for t in reversed(range(T)):
             dh += dhs[t]
-            if m is not None:  # a padded step passes its gradient straight to the step before
-                keep = 1 - m[t]
-                dh_carry, dc_carry = dh * keep, dc * keep
-                dh *= m[t]
-                dc *= m[t]
-            z = gates[t]
-            i, f, o, g = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-            tc = tanh_c[t]
+            add_rows((dh, dc), ends.get(t))
+            np.multiply(dh, A[t], out=dct)
+            dct += dc                                          # total gradient reaching c_t
             d = dz[t]
-            di, df, do, dg = d[:, :H], d[:, H:2 * H], d[:, 2 * H:3 * H], d[:, 3 * H:]
-            # through h = o * tanh(c)
-            np.multiply(dh, tc, out=do)                       # d o (before the sigmoid)
-            np.multiply(tc, tc, out=tmp)
-            np.subtract(1, tmp, out=tmp)
-            tmp *= o
-            tmp *= dh
-            np.add(dc, tmp, out=dct)                          # total gradient reaching c_t
-            np.multiply(dct, g, out=di)
-            np.multiply(dct, cs[t], out=df)
-            np.multiply(dct, i, out=dg)
-            # through the nonlinearities: sigmoid' = s (1 - s), tanh' = 1 - t²
-            for dd, s in ((di, i), (df, f), (do, o)):
-                np.subtract(1, s, out=tmp)
-                tmp *= s
-                dd *= tmp
-            np.multiply(g, g, out=tmp)
-            np.subtract(1, tmp, out=tmp)
-            dg *= tmp
-            np.multiply(dct, f, out=dc)                       # gradient reaching c_{t-1}
+            gates4 = d.reshape(B, 4, H)                        # a view of the contiguous (B, 4H) row
+            gates4[:, :2] *= dct[:, None]                      # i, f
+            gates4[:, 2] *= dh                                 # o
+            gates4[:, 3] *= dct                                # g
+            np.multiply(dct, f[t], out=dc)                     # gradient reaching c_{t-1}
             np.matmul(d, WhT, out=dh_rec)
             dh, dh_rec = dh_rec, dh
-            if m is not None:
-                dh += dh_carry
-                dc += dc_carry
+        add_rows((dh, dc), start)
         dWh = hs[:-1].reshape(T * B, H).T @ dz.reshape(T * B, H4)
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"])
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import Cell, check_mask, project_inputs, project_inputs_backward, project_step
+from .base import (Cell, Padding, add_rows, end_gradients, project_inputs, project_inputs_backward,
+                   project_step)
 
 
 @CELLS.register("rnn")
@@ -19,45 +20,42 @@ class RNN(Cell):
         Returns ((hs (T, B, H), (h_T,)), cache).
         """
         Wh = params["Wh"]
-        xp = project_inputs(x, params["Wx"], params["b"])  # becomes tanh(z) in place
+        xp = project_inputs(x, params["Wx"], params["b"])
         T, B, H = xp.shape
-        m = check_mask(mask, T, B, xp.dtype)
+        pad = Padding.of(mask, T, B, xp.dtype)
         hs = np.empty((T + 1, B, H), xp.dtype)
         hs[0] = state0[0]
         for t in range(T):
-            a = xp[t]
-            a += hs[t] @ Wh
-            np.tanh(a, out=a)
-            if m is None:
-                hs[t + 1] = a
-            else:
-                np.subtract(a, hs[t], out=hs[t + 1])
-                hs[t + 1] *= m[t]
-                hs[t + 1] += hs[t]
-        cache = (x, xp, hs, m, params)
-        return (hs[1:], (hs[T],)), cache
+            h = hs[t + 1]
+            np.matmul(hs[t], Wh, out=h)
+            h += xp[t]
+            np.tanh(h, out=h)
+        cache = (x, hs, pad, params)
+        if pad is None:
+            return (hs[1:], (hs[T],)), cache
+        return (pad.outputs(hs), (pad.final(hs),)), cache
 
     def backward(self, dhs, cache, dstate=None):
         """dhs: (T, B, H) gradients of the outputs; dstate: (dh_T,) or None.
 
         Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0,))).
         """
-        x, a, hs, m, params = cache
-        Wh = params["Wh"]
-        T, B, H = a.shape
-        dz = self.workspace("dz", a.shape, a.dtype)
-        dh = np.zeros((B, H), a.dtype) if dstate is None else dstate[0].astype(a.dtype, copy=True)
+        x, hs, pad, params = cache
+        WhT = params["Wh"].T
+        T = hs.shape[0] - 1
+        B, H = hs.shape[1:]
+        dhs, ends, start = end_gradients(pad, dhs, dstate, 1, T)
+        dz = self.workspace("dz", (T, B, H), hs.dtype)
+        np.multiply(hs[1:], hs[1:], out=dz)     # tanh' = 1 - h², for all steps at once
+        np.subtract(1, dz, out=dz)
+        dh = np.zeros((B, H), hs.dtype)
         for t in reversed(range(T)):
             dh += dhs[t]
+            add_rows((dh,), ends.get(t))
             d = dz[t]
-            if m is None:
-                np.multiply(dh, 1 - a[t] * a[t], out=d)
-                dh = d @ Wh.T
-            else:
-                np.multiply(dh, m[t], out=d)
-                d *= 1 - a[t] * a[t]
-                dh *= 1 - m[t]
-                dh += d @ Wh.T
+            d *= dh
+            np.matmul(d, WhT, out=dh)
+        add_rows((dh,), start)
         dWh = hs[:-1].reshape(T * B, H).T @ dz.reshape(T * B, H)
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"])
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh,))
