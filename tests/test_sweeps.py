@@ -131,10 +131,17 @@ def test_named_experiments_compose_from_conf(tmp_path):
     assert out.returncode == 0, out.stderr
     import yaml
     cfg = yaml.safe_load(out.stdout)
-    assert cfg["cell"] == {"name": "rnn", "hidden_size": 50, "num_layers": 1}
+    assert cfg["cell"] == {"name": "rnn", "hidden_size": 50, "num_layers": 1, "dropout": 0.0,
+                           "embedding_size": 0}
     assert cfg["optimizer"]["name"] == "sgd" and cfg["lr"] == 0.01 and cfg["batch_size"] == 1
     assert cfg["clip"] == {"name": "value", "max_value": 5.0} and cfg["reduction"] == "sum"
     assert cfg["tracking"]["experiment"] == "course" and cfg["data"]["name"] == "dinos"
+    names = yaml.safe_load(cli(["experiment=names", "data.path=names.txt", "--cfg", "job"], tmp_path).stdout)
+    assert names["data"]["kind"] == "lines" and names["data"]["test_fraction"] == 0.03122
+    assert round(0.03122 * 32033) == 1000 and names["schedule"]["name"] == "cosine"
+    assert names["cell"]["num_layers"] == 2 and names["cell"]["dropout"] == 0.25
+    text = yaml.safe_load(cli(["experiment=shakespeare", "data.path=t.txt", "--cfg", "job"], tmp_path).stdout)
+    assert text["data"]["kind"] == "text" and text["data"]["seq_len"] == 100 and text["batch_size"] == 32
     hydra = yaml.safe_load(cli(["experiment=compare_cells", "--cfg", "hydra"], tmp_path).stdout)
     assert hydra["hydra"]["mode"] == "MULTIRUN"
     assert hydra["hydra"]["sweeper"]["params"] == {"cell": "rnn,lstm,gru", "seed": "0,1,2"}
