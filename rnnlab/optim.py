@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import nonnegative as _nonnegative, positive as _positive, unit_interval as _unit
-from .registry import OPTIMIZERS
+from .registry import OPTIMIZERS, plugin_repr
 
 
 class Optimizer:
@@ -75,8 +75,7 @@ class Optimizer:
             self.buffers.setdefault(name, {})[slot] = np.array(value)
 
     def __repr__(self):
-        opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k not in ("t", "buffers", "_work"))
-        return f"{type(self).__name__}({opts})"
+        return plugin_repr(self, hidden=("t", "buffers", "_work"))
 
 
 @OPTIMIZERS.register("sgd")

@@ -19,6 +19,12 @@ import fnmatch
 from importlib.metadata import entry_points
 
 
+def plugin_repr(plugin, hidden=()) -> str:
+    """``Name(option=value, …)`` from a plugin's attributes, leaving out the ``hidden`` ones (its state)."""
+    options = ", ".join(f"{k}={v}" for k, v in vars(plugin).items() if k not in hidden)
+    return f"{type(plugin).__name__}({options})"
+
+
 class UnknownPluginError(KeyError):
     """An unknown plugin name; the message lists the known names and the closest match."""
 

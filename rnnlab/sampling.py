@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import integer, positive
-from .registry import SAMPLERS
+from .registry import SAMPLERS, plugin_repr
 
 
 def _softmax(logits):
@@ -44,7 +44,7 @@ class SoftmaxSampler:
         return _draw(self.probs(logits), rng)
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items())})"
+        return plugin_repr(self)
 
 
 @SAMPLERS.register("greedy")

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from .checks import integer
-from .registry import SCHEDULES
+from .registry import SCHEDULES, plugin_repr
 
 
 def _warm(step: int, warmup: int) -> float:
@@ -34,7 +34,7 @@ class Constant:
         return _warm(step, self.warmup)
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items())})"
+        return plugin_repr(self)
 
 
 @SCHEDULES.register("step")

@@ -125,7 +125,7 @@ class Padding:
         if wrong.size:
             raise ValueError(f"mask column {int(wrong[0])} is not padding at the end of a sequence: "
                              f"each column must be 1 for the sequence's steps, then 0")
-        self.T, self.B = T, B
+        self.B = B
         self.real = real[:, :, None]
         self.valid = self.real.astype(dtype)
 
