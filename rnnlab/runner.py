@@ -129,14 +129,16 @@ class SampleWriter(Callback):
     def __init__(self, directory: Path):
         self.dir = Path(directory)
 
-    def on_samples(self, step, samples):
+    def write(self, name: str, samples):
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / f"step_{step + 1:06d}.txt").write_text("\n".join(samples) + "\n")
+        (self.dir / name).write_text("\n".join(samples) + "\n")
+
+    def on_samples(self, step, samples):
+        self.write(f"step_{step + 1:06d}.txt", samples)
 
     def on_end(self, step, history):
         if history.report.get("samples"):  # the final sample report's samples, from the best parameters
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "report.txt").write_text("\n".join(history.report["samples"]) + "\n")
+            self.write("report.txt", history.report["samples"])
 
 
 class Checkpointer(Callback):

@@ -168,10 +168,13 @@ class MlflowTracker(Callback):
         self._metric("val_bpc", m["val_bpc"], step + 1)
         self.flush()
 
-    def on_samples(self, step, samples):
-        name = f"samples/step_{step + 1:06d}.txt"
+    def log_samples(self, name: str, samples):
+        """``samples`` as the text artifact ``name``, one per line (listed as skipped if the store fails)."""
         if not self._safe("log_text", self.client.log_text, self.run_id, "\n".join(samples) + "\n", name):
             self.skipped.append(name)
+
+    def on_samples(self, step, samples):
+        self.log_samples(f"samples/step_{step + 1:06d}.txt", samples)
 
     def on_report(self, step, m):
         for key, value in m.items():
@@ -189,10 +192,7 @@ class MlflowTracker(Callback):
             self._metric("best_val_bpc", nats_to_bits(best), step + 1)
         self.flush()
         if history.report.get("samples"):
-            name = "samples/report.txt"
-            if not self._safe("log_text", self.client.log_text, self.run_id,
-                              "\n".join(history.report["samples"]) + "\n", name):
-                self.skipped.append(name)
+            self.log_samples("samples/report.txt", history.report["samples"])
 
     def finish(self, status: str = "FINISHED", reason: str | None = None):
         """Flush, tag the reason of a failure or a stop, and end the run with ``status``. Metrics the

@@ -130,8 +130,8 @@ def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size:
         if batch.reset:
             state = None
         t0 = time.perf_counter()
-        loss, grads, state = lm.loss_and_grads(params, batch.x, batch.y, batch.mask, state,
-                                               rng=np.random.default_rng([seed, 2, step]))
+        rng = np.random.default_rng([seed, 2, step]) if lm.dropout else None  # this step's dropout masks
+        loss, grads, state = lm.loss_and_grads(params, batch.x, batch.y, batch.mask, state, rng=rng)
         norm = clipper(grads)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, "the training loss", loss)
