@@ -43,23 +43,26 @@ def batches(batch_size: int, n: int, seed: int = 0):
     return len(ds.vocab), [ds.train_batch(s, batch_size, seed) for s in range(n)]
 
 
-def rnnlab_trainer(cell, H, V, dtype):
+def rnnlab_trainer(cell, H, V, dtype, lr=0.001):
+    """rnnlab's model: ``(step(batch) → loss, val_loss(dataset) → validation nats/char)``."""
     from rnnlab.clipping import NormClip
     from rnnlab.model import CharLM
     from rnnlab.optim import Adam
+    from rnnlab.train import evaluate
     lm = CharLM(V, cell, H, dtype=dtype)
     params = lm.init_params(np.random.default_rng(0))
-    opt, clip = Adam(0.001), NormClip(5.0)
+    opt, clip = Adam(lr), NormClip(5.0)
 
     def step(b):
         loss, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
         clip(grads)
         opt.step(params, grads)
         return loss
-    return step
+    return step, lambda ds: evaluate(lm, params, ds, "val")
 
 
-def torch_trainer(cell, H, V, dtype):
+def torch_trainer(cell, H, V, dtype, lr=0.001):
+    """The same model in PyTorch: ``(step(batch) → loss, val_loss(dataset) → validation nats/char)``."""
     import torch
     torch.set_num_threads(int(THREADS))
     torch.manual_seed(0)
@@ -67,31 +70,45 @@ def torch_trainer(cell, H, V, dtype):
     rnn = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](V, H).to(tdt)
     out = torch.nn.Linear(H, V).to(tdt)
     params = list(rnn.parameters()) + list(out.parameters())
-    opt = torch.optim.Adam(params, lr=0.001)
+    opt = torch.optim.Adam(params, lr=lr)
     eye = torch.eye(V, dtype=tdt)
     cache = {}
 
-    def step(b):
-        key = id(b)
-        if key not in cache:  # the tensors of a batch, made once (as a DataLoader would)
-            cache[key] = (torch.from_numpy(b.x), torch.from_numpy(b.y).reshape(-1),
-                          torch.from_numpy(b.mask).to(tdt).reshape(-1))
-        x, y, m = cache[key]
-        opt.zero_grad(set_to_none=True)
+    def tensors(b):
+        return (torch.from_numpy(b.x), torch.from_numpy(b.y).reshape(-1),
+                torch.from_numpy(b.mask).to(tdt).reshape(-1))
+
+    def loss_of(x, y, m):
         h, _ = rnn(eye[x])
         logits = out(h).reshape(-1, V)
-        loss = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * m).sum() / m.sum()
+        return (torch.nn.functional.cross_entropy(logits, y, reduction="none") * m).sum() / m.sum()
+
+    def step(b):
+        key = id(b)   # the tensors of a batch, made once (as a DataLoader would): keep the batches alive
+        if key not in cache:
+            cache[key] = tensors(b)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(*cache[key])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         return float(loss)
-    return step
+
+    def val_loss(ds):
+        total = count = 0.0
+        with torch.no_grad():
+            for b in ds.eval_batches("val"):
+                x, y, m = tensors(b)
+                total += float(loss_of(x, y, m)) * float(m.sum())
+                count += float(m.sum())
+        return total / count
+    return step, val_loss
 
 
 def worker(framework, cell, H, B, dtype, steps, repeats):
     """Train one point; print JSON with the median chars/s and the process's peak RSS."""
     V, data = batches(B, steps)
-    step = (rnnlab_trainer if framework == "rnnlab" else torch_trainer)(cell, H, V, dtype)
+    step, _ = (rnnlab_trainer if framework == "rnnlab" else torch_trainer)(cell, H, V, dtype)
     chars = sum(float(b.mask.sum()) for b in data)
     for b in data[:3]:
         step(b)  # warm-up

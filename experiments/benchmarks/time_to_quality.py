@@ -38,6 +38,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+import bench  # noqa: E402  (this folder: the same rnnlab and PyTorch models as the throughput benchmark)
 from rnnlab import textbook  # noqa: E402
 from rnnlab.data import load_dataset  # noqa: E402
 from rnnlab.model import CharLM  # noqa: E402
@@ -83,65 +84,16 @@ def run_textbook(ds, iterations=35000, every=500):
     return curve
 
 
-def run_rnnlab(ds, every=5):
-    from rnnlab.clipping import NormClip
-    from rnnlab.optim import Adam
-    lm = CharLM(len(ds.vocab), "lstm", 64)
-    params = lm.init_params(np.random.default_rng(0))
-    opt, clip = Adam(0.005), NormClip(5.0)
-
-    def step(b):
-        _, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
-        clip(grads)
-        opt.step(params, grads)
-    return lambda b: step(b), lambda: evaluate(lm, params, ds, "val")
-
-
-def run_torch(ds, every=5):
-    import torch
-    torch.set_num_threads(int(THREADS))
-    torch.manual_seed(0)
-    V = len(ds.vocab)
-    rnn, out = torch.nn.LSTM(V, 64), torch.nn.Linear(64, V)
-    params = list(rnn.parameters()) + list(out.parameters())
-    opt = torch.optim.Adam(params, lr=0.005)
-    eye = torch.eye(V)
-
-    def loss_of(b):
-        h, _ = rnn(eye[torch.from_numpy(b.x)])
-        m = torch.from_numpy(b.mask).float().reshape(-1)
-        ce = torch.nn.functional.cross_entropy(out(h).reshape(-1, V), torch.from_numpy(b.y).reshape(-1),
-                                               reduction="none")
-        return (ce * m).sum() / m.sum(), float(m.sum())
-
-    def step(b):
-        opt.zero_grad(set_to_none=True)
-        loss, _ = loss_of(b)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-
-    def val():
-        with torch.no_grad():
-            total = count = 0.0
-            for b in ds.eval_batches("val"):
-                loss, n = loss_of(b)
-                total, count = total + float(loss) * n, count + n
-        return total / count
-    return step, val
-
-
-def until(ds, make, target, every=5):
-    """Train a batched contender (batches of 32, seed 0) until its validation loss ≤ target.
-    Returns (training seconds, steps) or (seconds, None) if MAX_STEPS did not reach it."""
-    step, val = make(ds)
+def until(trainer, ds, batches, target, every=5):
+    """Train a batched contender on ``batches`` until its validation loss ≤ target.
+    Returns (training seconds, steps) or (seconds, None) if the batches ran out first."""
+    step, val_loss = trainer("lstm", 64, len(ds.vocab), "float32", lr=0.005)
     seconds = 0.0
-    for s in range(MAX_STEPS):
-        b = ds.train_batch(s, 32, 0)
+    for s, b in enumerate(batches):
         t0 = time.perf_counter()
         step(b)
         seconds += time.perf_counter() - t0
-        if (s + 1) % every == 0 and val() <= target:
+        if (s + 1) % every == 0 and val_loss(ds) <= target:
             return seconds, s + 1
     return seconds, None
 
@@ -161,11 +113,12 @@ def main():
     result = {"target_val_nll": target, "textbook_total_seconds": [r[-1][0] for r in tb_runs],
               "textbook_seconds": tb_first,
               "textbook_curve": [(round(sec, 3), v) for sec, v in tb_runs[0]]}
-    contenders = {"rnnlab": run_rnnlab}
+    contenders = {"rnnlab": bench.rnnlab_trainer}
     if not args.no_torch:
-        contenders["pytorch"] = run_torch
-    for name, make in contenders.items():
-        runs = [until(ds, make, target) for _ in range(args.repeats)]
+        contenders["pytorch"] = bench.torch_trainer
+    batches = [ds.train_batch(s, 32, 0) for s in range(MAX_STEPS)]   # batches of 32, seed 0, kept alive
+    for name, trainer in contenders.items():
+        runs = [until(trainer, ds, batches, target) for _ in range(args.repeats)]
         result[f"{name}_seconds"] = [sec for sec, _ in runs]
         result[f"{name}_steps"] = runs[0][1]
     med = {k: statistics.median(result[f"{k}_seconds"]) for k in ["textbook", *contenders]}
