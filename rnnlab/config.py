@@ -51,6 +51,7 @@ class RunSettings:
     min_delta: float = 0.0
     reduction: str = "mean"
     report_samples: int = 0
+    threads: int = 0
     resume: Optional[str] = None
 
 
@@ -108,6 +109,8 @@ def run_settings(cfg) -> RunSettings:
     if settings.report_samples < 0:
         raise ConfigError(f"report_samples must be >= 0 (0: no final sample report), "
                           f"got {settings.report_samples}")
+    if settings.threads < 0:
+        raise ConfigError(f"threads must be >= 0 (0: one per available CPU), got {settings.threads}")
     if settings.sample_every < 0:
         raise ConfigError(f"sample_every must be >= 0 (0: only at the end), got {settings.sample_every}")
     if settings.reduction not in ("mean", "sum"):

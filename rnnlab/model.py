@@ -17,8 +17,11 @@ without an embedding), ``drop[k + 1]`` for the output of layer ``k``. Masks are 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .cells.base import scatter_rows
 from .checks import integer, unit_interval
@@ -42,15 +45,20 @@ class CharLM:
         params = lm.init_params(np.random.default_rng(0))
         loss, grads, state = lm.loss_and_grads(params, x, y, mask)
     """
+    # A shard's thread pays only when each step of it has at least this many gate values to compute
+    # (shard width × gates × hidden size); below, per-step overhead and the GIL eat the gain
+    # (measured: experiments/benchmarks/README.md, "Batch shards in threads").
+    MIN_SHARD_WORK = 16384
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
                  num_layers: int = 1, dtype=np.float32, reduction: str = "mean", dropout: float = 0.0,
-                 embedding_size: int = 0):
+                 embedding_size: int = 0, threads: int = 1):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
         hidden_size, num_layers = integer("hidden_size", hidden_size, 1), integer("num_layers", num_layers, 1)
         self.dropout = unit_interval("dropout", dropout)
         self.embedding_size = integer("embedding_size", embedding_size, 0)  # 0: one-hot input
+        self.threads = integer("threads", threads, 1)   # shards of a training batch run in parallel
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
         self.reduction = reduction  # what the gradients are of: see loss_and_grads
@@ -153,16 +161,59 @@ class CharLM:
         rng: draws the dropout masks of this batch (training); drop: given masks instead (a gradient
         check); neither: no dropout. return_dstate0: also return the gradient of the loss with respect
         to ``state0`` (per layer, like a state), the gradient that full BPTT would pass to the batch before.
+
+        With ``threads > 1`` the batch's sequences are split into that many shards of columns, each run
+        forward and backward in its own thread (NumPy releases the GIL in its loops, so the element-wise
+        work of the cells, single-threaded in NumPy, runs on every core; BLAS gets one thread per shard),
+        and the shards' gradients are summed: the same result as one pass up to rounding.
         """
         if drop is None and rng is not None:
             drop = self.dropout_masks(rng, *x.shape)
-        (logits, final), (caches, top, drop) = self.forward(params, x, state0, mask, drop)
-        loss, (logp, w, n) = self._nll(logits, y, mask)
         T, B = x.shape
-        # d loss / d logits = (softmax - onehot) * w / n
+        n = T * B if mask is None else float(np.sum(mask, dtype=np.float64))
+        if n == 0:
+            raise ValueError("the batch has no unmasked character")
+        scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
+        shards = self.shards(B)
+        if len(shards) == 1:
+            total, grads, final, dstate0 = self._grads(params, x, y, mask, state0, dstate, drop, scale)
+        else:
+            def shard(cols):
+                return self._grads(params, x[:, cols], y[:, cols], None if mask is None else mask[:, cols],
+                                   _rows(state0, cols), _rows(dstate, cols),
+                                   None if drop is None else [d if d is None else d[:, cols] for d in drop], scale)
+            with _one_blas_thread():
+                parts = list(_pool(len(shards)).map(shard, shards))
+            total, grads = sum(p[0] for p in parts), parts[0][1]
+            for _, g, _, _ in parts[1:]:
+                for name, value in g.items():
+                    grads[name] += value
+            final, dstate0 = (_concat_rows([p[i] for p in parts]) for i in (2, 3))
+        loss = total / n
+        return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
+
+    def shards(self, batch: int) -> list[slice]:
+        """How ``loss_and_grads`` splits a batch of ``batch`` sequences: one slice of columns per thread,
+        at most ``threads`` of them, each with at least ``MIN_SHARD_WORK`` gate values per step."""
+        per_sequence = self.cell.gates * self.hidden_size
+        k = max(1, min(self.threads, batch * per_sequence // self.MIN_SHARD_WORK))
+        edges = [round(i * batch / k) for i in range(k + 1)]
+        return [slice(a, b) for a, b in zip(edges, edges[1:])]
+
+    def _grads(self, params, x, y, mask, state0, dstate, drop, scale):
+        """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale, final
+        state, gradient of the initial state)."""
+        (logits, final), (caches, top, drop) = self.forward(params, x, state0, mask, drop)
+        T, B = x.shape
+        V = logits.shape[-1]
+        logp = _log_softmax(logits.reshape(T * B, V).astype(np.float64, copy=False))
+        rows, targets = np.arange(T * B), y.reshape(-1)
+        w = np.ones(T * B) if mask is None else np.asarray(mask, np.float64).reshape(-1)
+        total = float(-(logp[rows, targets] * w).sum())
+        # d loss / d logits = (softmax - onehot) * w / scale
         dlogits = np.exp(logp)
-        dlogits[np.arange(T * B), y.reshape(-1)] -= 1
-        dlogits *= (w / (n if self.reduction == "mean" else B))[:, None]
+        dlogits[rows, targets] -= 1
+        dlogits *= (w / scale)[:, None]
         dlogits = dlogits.astype(self.dtype, copy=False)
         grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
         dhs = (dlogits @ params["Wy"].T).reshape(T, B, self.hidden_size)
@@ -178,7 +229,7 @@ class CharLM:
             if drop[0] is not None:
                 dhs *= drop[0]
             grads["E"] = scatter_rows(x, dhs, self.vocab_size)
-        return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
+        return total, grads, final, dstate0
 
     def step(self, params, x_t, state):
         """One step for sampling: x_t (B,) ids, state per layer. Returns (logits (B, V), state)."""
@@ -193,3 +244,40 @@ class CharLM:
 def nats_to_bits(nats: float) -> float:
     """Nats per character → bits per character."""
     return nats / LN2
+
+
+def _rows(state, cols):
+    """The columns ``cols`` of a per-layer state (a list of tuples of (B, H) arrays), or None."""
+    return None if state is None else [tuple(a[cols] for a in layer) for layer in state]
+
+
+def _concat_rows(states):
+    """Per-layer states of consecutive shards joined back into one along the batch."""
+    return [tuple(np.concatenate(arrays) for arrays in zip(*layers)) for layers in zip(*states)]
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_BLAS = None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``n`` threads for batch shards (made on first use, kept)."""
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="rnnlab-shard")
+    return _POOLS[n]
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs single-threaded: the shards' threads take the cores instead."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

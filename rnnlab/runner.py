@@ -21,7 +21,7 @@ from . import checkpoint as ckpt_io
 from .config import (TRACKERS, ConfigError, RunSettings, build, build_dataset, plugin_options,
                      run_settings)
 from .data import DataError
-from .model import CharLM, nats_to_bits
+from .model import CharLM, available_cpus, nats_to_bits
 from .train import Callback, TrainingDiverged, train
 
 log = logging.getLogger("rnnlab")
@@ -189,7 +189,7 @@ class Checkpointer(Callback):
 def _model(ds, cell_name, cell_opts, settings):
     try:
         return CharLM(len(ds.vocab), cell_name, dtype=settings.dtype, reduction=settings.reduction,
-                      **cell_opts)
+                      threads=settings.threads or available_cpus(), **cell_opts)
     except ValueError as e:
         raise ConfigError(f"cell.{e}") from None
 

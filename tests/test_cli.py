@@ -170,6 +170,7 @@ BAD = [
     (["cell.embedding_size=-1"], "cell.embedding_size must be an integer >= 0, got -1"),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be >= 0, got -1.0"),
     (["report_samples=-3"], "report_samples must be >= 0"),
+    (["threads=-1"], "threads must be >= 0 (0: one per available CPU), got -1"),
     (["cell.hidden_size=0"], "cell.hidden_size must be an integer >= 1, got 0"),
     (["batch_size=0"], "batch_size must be > 0, got 0"),
     (["steps=0"], "steps must be > 0, got 0"),

@@ -90,3 +90,48 @@ def test_bad_model_arguments():
         CharLM(V, "lstn")
     with pytest.raises(ValueError, match="hidden_size must be an integer >= 1, got 0"):
         CharLM(V, "rnn", 0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_batch_shards_in_threads_give_the_one_pass_result(cell, reduction, rng, monkeypatch):
+    """threads=2: each half of the batch runs forward and backward in its own thread and the gradients
+    are summed. Everything a training step uses (loss, gradients, final state, gradient of the initial
+    state) must be the one-pass result, with padding, a carried state, a final-state gradient, dropout
+    masks and an embedding all in play."""
+    Bw, Tw = 9, 7
+    one = CharLM(V, cell, H, 2, dtype=np.float64, reduction=reduction, dropout=0.3, embedding_size=3)
+    two = CharLM(V, cell, H, 2, dtype=np.float64, reduction=reduction, dropout=0.3, embedding_size=3,
+                 threads=2)
+    monkeypatch.setattr(CharLM, "MIN_SHARD_WORK", 1)      # shard even this small batch
+    assert two.shards(Bw) == [slice(0, 4), slice(4, 9)] and one.shards(Bw) == [slice(0, 9)]
+    params = one.init_params(rng)
+    x, y = rng.integers(0, V, (Tw, Bw)), rng.integers(0, V, (Tw, Bw))
+    mask = (np.arange(Tw)[:, None] < rng.integers(0, Tw + 1, Bw)).astype(float)
+    mask[:, 0] = 1
+    state0 = [tuple(rng.normal(0, 0.5, (Bw, H)) for _ in s) for s in one.initial_state(Bw)]
+    dstate = [tuple(rng.normal(0, 0.5, (Bw, H)) for _ in s) for s in one.initial_state(Bw)]
+    drop = one.dropout_masks(rng, Tw, Bw)
+
+    results = [m.loss_and_grads(params, x, y, mask, state0, dstate, drop=drop, return_dstate0=True)
+               for m in (one, two)]
+    (l1, g1, f1, d1), (l2, g2, f2, d2) = results
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    assert set(g2) == set(params)
+    for name in g1:
+        np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    for a, b in zip(f1 + d1, f2 + d2):
+        for u, v in zip(a, b):
+            assert u.shape == (Bw, H)
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-14)
+
+
+def test_shards_need_enough_work_per_thread():
+    """Sharding pays only above a minimum of gate values per step per shard (see MIN_SHARD_WORK)."""
+    lstm = CharLM(V, "lstm", 256, threads=2)           # 4 gates × 256 = 1,024 values per sequence
+    assert lstm.shards(8) == [slice(0, 8)]             # 8 × 1,024 < 2 × 16,384: one pass
+    assert lstm.shards(32) == [slice(0, 16), slice(16, 32)]
+    assert CharLM(V, "lstm", 256).shards(128) == [slice(0, 128)]   # threads=1 (the library default)
+    assert len(CharLM(V, "rnn", 64, threads=2).shards(128)) == 1   # 64 × 64 values: too little work
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        CharLM(V, "rnn", 4, threads=0)

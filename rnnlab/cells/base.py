@@ -15,6 +15,7 @@ own), gates fused along the last axis.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,9 @@ class Cell:
     def workspace(self, name: str, shape, dtype):
         """A scratch array kept by the cell between calls (for buffers internal to one call, such as
         the gradients of the gates in ``backward``): reusing it spares allocating and first-touching
-        megabytes of fresh memory at every batch. Its contents are undefined."""
-        store = self.__dict__.setdefault("_workspace", {})
+        megabytes of fresh memory at every batch. Its contents are undefined. Each thread has its own
+        (the model may run shards of a batch in parallel threads through the same cell)."""
+        store = self.__dict__.setdefault("_workspace", {}).setdefault(threading.get_ident(), {})
         size = int(np.prod(shape))
         buf = store.get((name, np.dtype(dtype).str))
         if buf is None or buf.size < size:
