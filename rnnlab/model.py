@@ -16,6 +16,7 @@ without an embedding), ``drop[k + 1]`` for the output of layer ``k``. Masks are 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +199,7 @@ class CharLM:
         per_sequence = self.cell.gates * self.hidden_size
         k = max(1, min(self.threads, batch * per_sequence // self.MIN_SHARD_WORK))
         edges = [round(i * batch / k) for i in range(k + 1)]
-        return [slice(a, b) for a, b in zip(edges, edges[1:])]
+        return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
     def _grads(self, params, x, y, mask, state0, dstate, drop, scale):
         """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale, final

@@ -233,8 +233,8 @@ def main():
                "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "threads": int(THREADS)}
     print(json.dumps(summary, indent=1))
     Path(args.out).write_text(json.dumps({"summary": summary, "points": rows}, indent=1))
-    table = ["| cell | H | B | dtype | rnnlab chars/s | PyTorch chars/s | ratio | of bound | products alone: "
-             "ratio | RSS rnnlab / torch (MiB) |",
+    table = [("| cell | H | B | dtype | rnnlab chars/s | PyTorch chars/s | ratio | of bound | products alone: "
+              "ratio | RSS rnnlab / torch (MiB) |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['cell']} | {r['hidden']} | {r['batch']} | {r['dtype']} | "
