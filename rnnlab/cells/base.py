@@ -184,11 +184,14 @@ def add_rows(arrays, where):
 
 
 def sigmoid(x, out=None):
-    """Numerically stable logistic function, computed as 0.5 * (1 + tanh(x / 2))."""
-    out = np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
+    """The logistic function 1 / (1 + exp(-x)), in four in-place passes. ``exp(-x)`` overflows to inf
+    for very negative x, which gives the exact limit 0 (the overflow warning is silenced). NumPy's
+    ``exp`` is about twice as fast as its ``tanh`` here, so this beats 0.5 * (1 + tanh(x / 2))."""
+    out = np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
     out += 1
-    out *= 0.5
+    np.reciprocal(out, out=out)
     return out
 
 
