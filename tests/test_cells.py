@@ -163,3 +163,25 @@ def test_a_mask_with_a_hole_is_refused(cell_cls, rng):
     mask[2, 1] = 0
     with pytest.raises(ValueError, match="mask column 1 is not padding at the end of a sequence"):
         cell.forward(x, state0, params, mask)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_is_exact_at_the_extremes_and_quiet(dtype):
+    """sigmoid = 1 / (1 + exp(-x)): where exp(-x) overflows the result is the exact limit 0, with no
+    warning; elsewhere it agrees to the dtype's precision with 1 / (1 + exp(-x)) in extended precision
+    (relative: also in the far negative tail, where 0.5 * (1 + tanh(x / 2)) would cancel)."""
+    import warnings
+
+    from rnnlab.cells.base import sigmoid
+    x = np.array([-1e30, -1e4, -200, -89, -30, -1, 0, 1e-8, 1, 30, 200, 1e4, 1e30], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = sigmoid(x)
+        out = np.empty_like(x)
+        assert sigmoid(x, out=out) is out
+    assert s.dtype == dtype and np.all(np.isfinite(s)) and np.all((s >= 0) & (s <= 1))
+    assert s[0] == 0 and s[-1] == 1 and s[6] == 0.5
+    with np.errstate(over="ignore"):
+        exact = 1 / (1 + np.exp(-x.astype(np.longdouble)))
+    np.testing.assert_allclose(s.astype(np.longdouble), exact, rtol=4 * np.finfo(dtype).eps,
+                               atol=np.finfo(dtype).tiny)
