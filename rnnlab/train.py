@@ -63,10 +63,16 @@ class History:
         return min(self.val_nll) if self.val_nll else math.inf
 
 
-def evaluate(lm, params, dataset, split: str = "val", batch_size: int = 256) -> float:
-    """Mean negative log-likelihood in nats per character over a whole split."""
+def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = None) -> float:
+    """Mean negative log-likelihood in nats per character over a whole split.
+
+    ``batch_size`` None: the dataset's own choice — 256 names per batch, or running text read as 16
+    streams with the state carried along each (every stream starts cold, so many short streams would
+    inflate the loss: on Tiny Shakespeare's last 5 %, 256 streams read 0.03 nats/char worse than one).
+    """
     total, count, state = 0.0, 0.0, None
-    for batch in dataset.eval_batches(split, batch_size):
+    batches = dataset.eval_batches(split) if batch_size is None else dataset.eval_batches(split, batch_size)
+    for batch in batches:
         if batch.reset:
             state = None
         loss, state = lm.loss(params, batch.x, batch.y, batch.mask, state)

@@ -205,3 +205,24 @@ def test_sample_report_counts_copies_and_new_names():
                                     "samples_new": 2 / 6})
     assert sample_report(TextDataset("ab" * 500, seq_len=10), ["ab"]) == {}
     assert History().report == {}
+
+
+def test_text_evaluation_carries_the_state_through_each_stream(rng):
+    """Read as one stream, the split's loss is that of the whole split as one sequence (the state is
+    carried from chunk to chunk); by default few streams are used, so the cold starts are rare; with
+    many streams every one starts from a zero state and the loss is higher."""
+    from rnnlab.train import evaluate
+    text = "".join(np.random.default_rng(1).choice(list("abc de\n"), 12000, p=[.3, .2, .1, .1, .1, .1, .1]))
+    text = text.replace("a", "ab")    # something to learn from context: 'a' is followed by 'b'
+    ds = TextDataset(text, seq_len=25, val_fraction=0.25)
+    lm = CharLM(len(ds.vocab), "gru", 8, dtype=np.float64)
+    params = lm.init_params(rng)
+    for k in params:
+        params[k] += rng.normal(0, 0.5, params[k].shape)
+    ids = ds.ids["val"]
+    whole, _ = lm.loss(params, ids[:-1, None], ids[1:, None])
+    assert evaluate(lm, params, ds, "val", batch_size=1) == pytest.approx(whole, rel=1e-12)
+    default = evaluate(lm, params, ds, "val")
+    assert [b.x.shape[1] for b in ds.eval_batches("val")][0] == 16
+    many = evaluate(lm, params, ds, "val", batch_size=256)
+    assert abs(default - whole) < abs(many - whole)
