@@ -185,8 +185,9 @@ def add_rows(arrays, where):
 
 def sigmoid(x, out=None):
     """The logistic function 1 / (1 + exp(-x)), in four in-place passes. ``exp(-x)`` overflows to inf
-    for very negative x, which gives the exact limit 0 (the overflow warning is silenced). NumPy's
-    ``exp`` is about twice as fast as its ``tanh`` here, so this beats 0.5 * (1 + tanh(x / 2))."""
+    for very negative x, which gives the exact limit 0 (the overflow warning is silenced). Unlike
+    0.5 * (1 + tanh(x / 2)), it keeps its relative precision in the negative tail (that form rounds
+    sigmoid(-30) to 0 in float32); measured on this project's machine, both forms cost the same."""
     out = np.negative(x, out=out)
     with np.errstate(over="ignore"):
         np.exp(out, out=out)
