@@ -138,18 +138,18 @@ class CharLM:
         """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state).
         No dropout unless masks are given (``drop``, e.g. for a gradient check)."""
         (logits, final), _ = self.forward(params, x, state0, mask, drop)
-        loss, _ = self._nll(logits, y, mask)
-        return loss, final
+        total, _, w = self._nll(logits, y, mask)
+        if w.sum() == 0:
+            raise ValueError("the batch has no unmasked character")
+        return total / w.sum(), final
 
-    def _nll(self, logits, y, mask):
+    @staticmethod
+    def _nll(logits, y, mask):
+        """(summed negative log-likelihood in nats, log-probabilities (T·B, V) in float64, weights (T·B,))."""
         T, B, V = logits.shape
         logp = _log_softmax(logits.reshape(T * B, V).astype(np.float64, copy=False))
-        picked = logp[np.arange(T * B), y.reshape(-1)]
         w = np.ones(T * B) if mask is None else np.asarray(mask, np.float64).reshape(-1)
-        n = w.sum()
-        if n == 0:
-            raise ValueError("the batch has no unmasked character")
-        return float(-(picked * w).sum() / n), (logp, w, n)
+        return float(-(logp[np.arange(T * B), y.reshape(-1)] * w).sum()), logp, w
 
     def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None, rng=None, drop=None,
                        return_dstate0=False):
@@ -206,14 +206,10 @@ class CharLM:
         state, gradient of the initial state)."""
         (logits, final), (caches, top, drop) = self.forward(params, x, state0, mask, drop)
         T, B = x.shape
-        V = logits.shape[-1]
-        logp = _log_softmax(logits.reshape(T * B, V).astype(np.float64, copy=False))
-        rows, targets = np.arange(T * B), y.reshape(-1)
-        w = np.ones(T * B) if mask is None else np.asarray(mask, np.float64).reshape(-1)
-        total = float(-(logp[rows, targets] * w).sum())
+        total, logp, w = self._nll(logits, y, mask)
         # d loss / d logits = (softmax - onehot) * w / scale
         dlogits = np.exp(logp)
-        dlogits[rows, targets] -= 1
+        dlogits[np.arange(T * B), y.reshape(-1)] -= 1
         dlogits *= (w / scale)[:, None]
         dlogits = dlogits.astype(self.dtype, copy=False)
         grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
