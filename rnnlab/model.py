@@ -138,10 +138,8 @@ class CharLM:
         """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state).
         No dropout unless masks are given (``drop``, e.g. for a gradient check)."""
         (logits, final), _ = self.forward(params, x, state0, mask, drop)
-        total, _, w = self._nll(logits, y, mask)
-        if w.sum() == 0:
-            raise ValueError("the batch has no unmasked character")
-        return total / w.sum(), final
+        total, _, _ = self._nll(logits, y, mask)
+        return total / _characters(x, mask), final
 
     @staticmethod
     def _nll(logits, y, mask):
@@ -170,10 +168,8 @@ class CharLM:
         """
         if drop is None and rng is not None:
             drop = self.dropout_masks(rng, *x.shape)
-        T, B = x.shape
-        n = T * B if mask is None else float(np.sum(mask, dtype=np.float64))
-        if n == 0:
-            raise ValueError("the batch has no unmasked character")
+        B = x.shape[1]
+        n = _characters(x, mask)
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B)
         if len(shards) == 1:
@@ -241,6 +237,14 @@ class CharLM:
 def nats_to_bits(nats: float) -> float:
     """Nats per character → bits per character."""
     return nats / LN2
+
+
+def _characters(x, mask) -> float:
+    """The number of unmasked characters of a (T, B) batch, which a loss per character divides by."""
+    n = x.size if mask is None else float(np.sum(mask, dtype=np.float64))
+    if n == 0:
+        raise ValueError("the batch has no unmasked character")
+    return n
 
 
 def _rows(state, cols):
