@@ -134,6 +134,14 @@ class CharLM:
         logits = top @ params["Wy"] + params["by"]
         return (logits.reshape(T, B, -1), final), (caches, top, drop)
 
+    def internals(self, params, x, state0=None):
+        """What the network computes inside, for looking at it: ``(logits (T, B, V), layers)`` where
+        ``layers[k]`` maps names to (T, B, H) arrays of layer ``k`` at every step — ``h`` for every cell,
+        ``c`` and the gates ``i, f, o, g`` for an LSTM, the gates ``r, u, n`` for a GRU. No padding, no
+        dropout."""
+        (logits, _), (caches, _, _) = self.forward(params, x, state0)
+        return logits, [self.cell.internals(c) for c in caches]
+
     def loss(self, params, x, y, mask=None, state0=None, drop=None):
         """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state).
         No dropout unless masks are given (``drop``, e.g. for a gradient check)."""

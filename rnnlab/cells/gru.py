@@ -59,8 +59,15 @@ class GRU(Cell):
             return (hs[1:], (hs[T],)), cache
         return (pad.outputs(hs), (pad.final(hs),)), cache
 
-    def backward(self, dhs, cache, dstate=None):
-        """dhs: (T, B, H); dstate: (dh_T,) or None.
+    def internals(self, cache):
+        """The values of a forward pass at every step, each (T, B, H): h and the gates r, u, n."""
+        x, gates, hs, hn, pad, params = cache
+        H = hs.shape[2]
+        return {"h": hs[1:], **{k: gates[..., j * H:(j + 1) * H] for j, k in enumerate("run")}}
+
+    def backward(self, dhs, cache, dstate=None, dh_steps=None):
+        """dhs: (T, B, H); dstate: (dh_T,) or None; dh_steps: None, or a (T, B, H) array filled with
+        the whole gradient reaching each step's output h_t (from the loss and from later steps).
 
         Returns (grads {"Wx", "Wh", "b", "bh"}, (dx or None, (dh0,))).
         """
@@ -92,6 +99,8 @@ class GRU(Cell):
         for t in reversed(range(T)):
             dh += dhs[t]
             add_rows((dh,), ends.get(t))
+            if dh_steps is not None:
+                dh_steps[t] = dh
             d, dw = dxp[t], dhw[t]
             gates3 = d.reshape(B, 3, H)                   # a view of the contiguous (B, 3H) row
             gates3[:, 1:] *= dh[:, None]                  # du, dn

@@ -64,8 +64,15 @@ class LSTM(Cell):
             return (hs[1:], (hs[T], cs[T])), cache
         return (pad.outputs(hs), (pad.final(hs), pad.final(cs))), cache
 
-    def backward(self, dhs, cache, dstate=None):
-        """dhs: (T, B, H); dstate: (dh_T, dc_T) or None.
+    def internals(self, cache):
+        """The values of a forward pass at every step, each (T, B, H): h, c and the gates i, f, o, g."""
+        x, gates, hs, cs, tanh_c, pad, params = cache
+        H = hs.shape[2]
+        return {"h": hs[1:], "c": cs[1:], **{k: gates[..., j * H:(j + 1) * H] for j, k in enumerate("ifog")}}
+
+    def backward(self, dhs, cache, dstate=None, dh_steps=None):
+        """dhs: (T, B, H); dstate: (dh_T, dc_T) or None; dh_steps: None, or a (T, B, H) array filled
+        with the whole gradient reaching each step's output h_t (from the loss and from later steps).
 
         Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0, dc0))).
         """
@@ -101,6 +108,8 @@ class LSTM(Cell):
         for t in reversed(range(T)):
             dh += dhs[t]
             add_rows((dh, dc), ends.get(t))
+            if dh_steps is not None:
+                dh_steps[t] = dh
             np.multiply(dh, A[t], out=dct)
             dct += dc                                          # total gradient reaching c_t
             d = dz[t]

@@ -35,8 +35,13 @@ class RNN(Cell):
             return (hs[1:], (hs[T],)), cache
         return (pad.outputs(hs), (pad.final(hs),)), cache
 
-    def backward(self, dhs, cache, dstate=None):
-        """dhs: (T, B, H) gradients of the outputs; dstate: (dh_T,) or None.
+    def internals(self, cache):
+        """The values of a forward pass at every step: {"h": (T, B, H)}."""
+        return {"h": cache[1][1:]}
+
+    def backward(self, dhs, cache, dstate=None, dh_steps=None):
+        """dhs: (T, B, H) gradients of the outputs; dstate: (dh_T,) or None; dh_steps: None, or a
+        (T, B, H) array filled with the whole gradient reaching each step's output h_t.
 
         Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0,))).
         """
@@ -52,6 +57,8 @@ class RNN(Cell):
         for t in reversed(range(T)):
             dh += dhs[t]
             add_rows((dh,), ends.get(t))
+            if dh_steps is not None:
+                dh_steps[t] = dh
             d = dz[t]
             d *= dh
             np.matmul(d, WhT, out=dh)
