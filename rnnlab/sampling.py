@@ -10,13 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import integer, positive
+from .model import softmax
 from .registry import SAMPLERS, plugin_repr
-
-
-def _softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _draw(probs, rng):
@@ -38,7 +33,7 @@ class SoftmaxSampler:
         self.temperature = positive("temperature", temperature)
 
     def probs(self, logits):
-        return _softmax(np.asarray(logits, np.float64) / self.temperature)
+        return softmax(np.asarray(logits, np.float64) / self.temperature)
 
     def __call__(self, logits, rng):
         return _draw(self.probs(logits), rng)
