@@ -195,6 +195,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="three points only")
+    ap.add_argument("--points", help="only these points, e.g. lstm:256:32,gru:64:128 (float32)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
@@ -208,6 +209,8 @@ def main():
               for b in (1, 32, 128)] + [("lstm", 256, 32, "float64")]
     if args.quick:
         points = [("rnn", 64, 32, "float32"), ("lstm", 256, 32, "float32"), ("gru", 64, 1, "float32")]
+    if args.points:
+        points = [(c, int(h), int(b), "float32") for c, h, b in (p.split(":") for p in args.points.split(","))]
     rate = {dt: matmul_rate(dt) for dt in ("float32", "float64")}
     print(f"NumPy BLAS matmul rate: float32 {rate['float32'] / 1e9:.1f} GFLOP/s, "
           f"float64 {rate['float64'] / 1e9:.1f} GFLOP/s ({THREADS} threads)", flush=True)
