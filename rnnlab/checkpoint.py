@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .flat import FlatParams
+
 FORMAT = "rnnlab-checkpoint"
 VERSION = 1
 
@@ -101,7 +103,7 @@ def load(path) -> Checkpoint:
             layer, i = name.split("/")
             state.setdefault(int(layer), {})[int(i)] = value
     layers = [tuple(parts[i] for i in sorted(parts)) for _, parts in sorted(state.items())] or None
-    return Checkpoint(params=params, meta=meta, optimizer=optim, state=layers)
+    return Checkpoint(params=FlatParams(params) if params else params, meta=meta, optimizer=optim, state=layers)
 
 
 def validate(ckpt: Checkpoint, lm, where: str = "checkpoint") -> None:

@@ -69,7 +69,8 @@ class Optimizer:
             slots = {slot: FlatParams.like(params, fill=0) for slot in self.slots}
             for name, named in self.buffers.items():
                 for slot, value in named.items():
-                    slots[slot][name] = value
+                    if slot in slots and name in params:
+                        slots[slot][name] = value
             self.buffers = {name: {slot: slots[slot][name] for slot in self.slots} for name in params}
             flat = self._flat = (params, {slot: buf.flat for slot, buf in slots.items()})
         return flat[1]

@@ -5,7 +5,8 @@
     h_t = (1 - u) * n + u * h_{t-1}
 
 The forward pass computes z/2 for r and u (the weights' columns scaled by 0.5, once per batch), so that
-one ``tanh`` call activates both gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2).
+one ``tanh`` call activates both gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major,
+(3, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, final_states, grad_buffer, half_scale, project_inputs, project_inputs_backward,
-                   project_step, sigmoid, tanh_to_sigmoid)
+from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
+                   project_inputs_backward, project_step, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("gru")
@@ -35,31 +36,32 @@ class GRU(Cell):
         """
         H, bh = params["Wh"].shape[0], params["bh"]
         scale = half_scale(3, 2, H, params["Wh"].dtype)
-        Wh = params["Wh"] * scale
-        z = project_inputs(x, params["Wx"], params["b"], scale)   # (N, 3H) → r, u, n in place
+        Wh = gate_major(params["Wh"] * scale, 3)                        # (3, H, H)
+        z = project_inputs(x, params["Wx"], params["b"], 3, scale)      # (3, N, H) → r, u, n in place
+        r_, u, cand = z
         B, dt = pk.B, z.dtype
         hs = np.empty((B + pk.N, H), dt)
         hs[:B] = state0[0]
         hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
-        hw = np.empty((B, 3 * H), dt)
+        hw = np.empty((3, B, H), dt)
         rn = np.empty((B, H), dt)
         p = 0
-        for o, n in pk.steps:
-            zt, h, r = z[o:o + n], hs[p:p + n], B + o
-            np.matmul(h, Wh, out=hw[:n])
-            ru = zt[:, :2 * H]
-            ru += hw[:n, :2 * H]
+        for s, n in pk.steps:
+            h, r, e = hs[p:p + n], B + s, s + n
+            np.matmul(h, Wh, out=hw[:, :n])
+            ru = z[:2, s:e]
+            ru += hw[:2, :n]
             np.tanh(ru, out=ru)
             tanh_to_sigmoid(ru)
-            np.add(hw[:n, 2 * H:], bh, out=hn[o:o + n])
-            cand = zt[:, 2 * H:]
-            np.multiply(zt[:, :H], hn[o:o + n], out=rn[:n])
-            cand += rn[:n]
-            np.tanh(cand, out=cand)
+            np.add(hw[2, :n], bh, out=hn[s:e])
+            np.multiply(r_[s:e], hn[s:e], out=rn[:n])
+            c = cand[s:e]
+            c += rn[:n]
+            np.tanh(c, out=c)
             new = hs[r:r + n]
-            np.subtract(h, cand, out=new)  # h_t = n + u * (h - n)
-            new *= zt[:, H:2 * H]
-            new += cand
+            np.subtract(h, c, out=new)  # h_t = n + u * (h - n)
+            new *= u[s:e]
+            new += c
             p = r
         cache = (x, z, hs, hn, params, pk)
         return (hs[B:], final_states((hs,), pk)), cache
@@ -67,8 +69,7 @@ class GRU(Cell):
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h and the gates r, u, n."""
         x, z, hs, hn, params, pk = cache
-        H = hn.shape[1]
-        return {"h": hs[pk.B:], **{k: z[:, j * H:(j + 1) * H] for j, k in enumerate("run")}}
+        return {"h": hs[pk.B:], **dict(zip("run", z))}
 
     def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
         """dhs: (N, H); dstate: (dh,) of the final state or None; out: None or a dict receiving the
@@ -77,18 +78,17 @@ class GRU(Cell):
         Returns (grads {"Wx", "Wh", "b", "bh"}, (dx (N, D) or None, (dh0,))).
         """
         x, z, hs, hn, params, pk = cache
-        WhT = np.ascontiguousarray(params["Wh"].T)   # a copy: BLAS multiplies by it faster than by a view
-        B, (N, H3) = pk.B, z.shape
-        H = H3 // 3
-        dt = z.dtype
-        r, u, n_ = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
+        WhT = gate_major(params["Wh"], 3).transpose(0, 2, 1).copy()    # (3, H, H): Wh's gate blocks, transposed
+        B, dt = pk.B, z.dtype
+        H = hn.shape[1]
+        r, u, n_ = z
         hprev = pk.previous(hs)
         # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dn = dh (1-u)(1-n²),  du = dh (h_{t-1} - n) u (1-u),  dr = dn hn r (1-r)
-        # built in the gradient buffer dxp and multiplied in place at each step.
+        # built in the gradient buffer dxp (3, N, H) and multiplied in place at each step.
         dxp = self.workspace("dxp", z.shape, dt)   # gradients of the input-side pre-activations
         dhw = self.workspace("dhw", z.shape, dt)   # gradients of h Wh (+ bh)
-        fr, fu, fn = dxp[:, :H], dxp[:, H:2 * H], dxp[:, 2 * H:]
+        fr, fu, fn = dxp
         np.subtract(1, r, out=fr)
         fr *= r
         fr *= hn
@@ -101,24 +101,24 @@ class GRU(Cell):
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
-        direct = np.empty((B, H), dt)
-        for o, n in reversed(pk.steps):
-            dht, d, dw = dh[:n], dxp[o:o + n], dhw[o:o + n]
-            dht += dhs[o:o + n]
+        back = np.empty((3, B, H), dt)
+        for s, n in reversed(pk.steps):
+            dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw[:, s:s + n], s + n
+            dht += dhs[s:e]
             if dh_steps is not None:
-                dh_steps[o:o + n] = dht
-            gates3 = d.reshape(n, 3, H)                   # a view of the contiguous (n, 3H) rows
-            gates3[:, 1:] *= dht[:, None]                 # du, dn
-            gates3[:, 0] *= gates3[:, 2]                  # dr = dn * hn r (1 - r)
-            dw[:, :2 * H] = d[:, :2 * H]
-            np.multiply(d[:, 2 * H:], r[o:o + n], out=dw[:, 2 * H:])
-            np.multiply(dht, u[o:o + n], out=direct[:n])
-            np.matmul(dw, WhT, out=dh_next[:n])
-            dh_next[:n] += direct[:n]
+                dh_steps[s:e] = dht
+            d[1:] *= dht                                  # du, dn
+            d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
+            dw[:2] = d[:2]
+            np.multiply(d[2], r[s:e], out=dw[2])
+            np.matmul(dw, WhT, out=back[:, :n])           # dhw_t Whᵀ, gate by gate …
+            np.sum(back[:, :n], axis=0, out=dh_next[:n])  # … summed
+            np.multiply(dht, u[s:e], out=back[0, :n])     # + the direct path u * dh
+            dh_next[:n] += back[0, :n]
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
-        np.matmul(hprev.T, dhw, out=dWh)
-        dbh = np.sum(dhw[:, 2 * H:], axis=0, out=None if out is None else out["bh"])
+        np.matmul(hprev.T, dhw, out=as_gates(dWh, 3))
+        dbh = np.sum(dhw[2], axis=0, out=None if out is None else out["bh"])
         dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,))
 

@@ -4,7 +4,8 @@
     c_t = f * c_{t-1} + i * g;     h_t = o * tanh(c_t)
 
 The forward pass computes z/2 for i, f, o (the weights' columns scaled by 0.5, once per batch), so that
-one ``tanh`` call activates all four gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2).
+one ``tanh`` call activates all four gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept
+gate-major, (4, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, final_states, grad_buffer, half_scale, project_inputs, project_inputs_backward,
-                   project_step, sigmoid, tanh_to_sigmoid)
+from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
+                   project_inputs_backward, project_step, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("lstm")
@@ -34,27 +35,28 @@ class LSTM(Cell):
         """
         H = params["Wh"].shape[0]
         scale = half_scale(4, 3, H, params["Wh"].dtype)
-        Wh = params["Wh"] * scale
-        z = project_inputs(x, params["Wx"], params["b"], scale)   # (N, 4H), activated in place
+        Wh = gate_major(params["Wh"] * scale, 4)                        # (4, H, H)
+        z = project_inputs(x, params["Wx"], params["b"], 4, scale)      # (4, N, H), activated in place
+        i, f, o, g = z
         B, dt = pk.B, z.dtype
         hs, cs = np.empty((B + pk.N, H), dt), np.empty((B + pk.N, H), dt)   # initial states, then steps
         hs[:B], cs[:B] = state0
         tanh_c = np.empty((pk.N, H), dt)
-        rec = np.empty((B, 4 * H), dt)
+        rec = np.empty((4, B, H), dt)
         ig = np.empty((B, H), dt)
         p = 0                                    # first row of the previous step's states
-        for o, n in pk.steps:
-            zt, r = z[o:o + n], B + o
-            np.matmul(hs[p:p + n], Wh, out=rec[:n])
-            zt += rec[:n]
+        for s, n in pk.steps:
+            zt, r, e = z[:, s:s + n], B + s, s + n
+            np.matmul(hs[p:p + n], Wh, out=rec[:, :n])
+            zt += rec[:, :n]
             np.tanh(zt, out=zt)
-            tanh_to_sigmoid(zt[:, :3 * H])
+            tanh_to_sigmoid(zt[:3])
             c = cs[r:r + n]
-            np.multiply(zt[:, H:2 * H], cs[p:p + n], out=c)            # f * c_{t-1}
-            np.multiply(zt[:, :H], zt[:, 3 * H:], out=ig[:n])          # i * g
+            np.multiply(f[s:e], cs[p:p + n], out=c)
+            np.multiply(i[s:e], g[s:e], out=ig[:n])
             c += ig[:n]
-            np.tanh(c, out=tanh_c[o:o + n])
-            np.multiply(zt[:, 2 * H:3 * H], tanh_c[o:o + n], out=hs[r:r + n])
+            np.tanh(c, out=tanh_c[s:e])
+            np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n])
             p = r
         cache = (x, z, hs, cs, tanh_c, params, pk)
         return (hs[B:], final_states((hs, cs), pk)), cache
@@ -62,8 +64,7 @@ class LSTM(Cell):
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h, c, the gates i, f, o, g."""
         x, z, hs, cs, tanh_c, params, pk = cache
-        H = tanh_c.shape[1]
-        return {"h": hs[pk.B:], "c": cs[pk.B:], **{k: z[:, j * H:(j + 1) * H] for j, k in enumerate("ifog")}}
+        return {"h": hs[pk.B:], "c": cs[pk.B:], **dict(zip("ifog", z))}
 
     def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
         """dhs: (N, H); dstate: (dh, dc) of the final state, each (B, H), or None; out: None or a dict
@@ -72,52 +73,50 @@ class LSTM(Cell):
         Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0, dc0))).
         """
         x, z, hs, cs, tanh_c, params, pk = cache
-        WhT = np.ascontiguousarray(params["Wh"].T)   # a copy: BLAS multiplies by it faster than by a view
-        B, (N, H4) = pk.B, z.shape
-        H = H4 // 4
-        dt = z.dtype
-        i, f, o, g = (z[:, k * H:(k + 1) * H] for k in range(4))
+        WhT = gate_major(params["Wh"], 4).transpose(0, 2, 1).copy()    # (4, H, H): Wh's gate blocks, transposed
+        B, dt = pk.B, z.dtype
+        H = tanh_c.shape[1]
+        i, f, o, g = z
         # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dc_t += dh_t * A_t,  A = o (1 - tanh²c)
         #   d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh c o(1-o), i (1-g²))
-        # Q is built in the gradient buffer dz and multiplied in place at each step.
+        # Q is built in the gradient buffer dz (4, N, H) and multiplied in place at each step.
         A = self.workspace("A", tanh_c.shape, dt)
         np.multiply(tanh_c, tanh_c, out=A)
         np.subtract(1, A, out=A)
         A *= o
         dz = self.workspace("dz", z.shape, dt)
-        sig = dz[:, :3 * H]
-        np.subtract(1, z[:, :3 * H], out=sig)
-        sig *= z[:, :3 * H]                            # s (1 - s) of i, f, o
-        dz[:, :H] *= g
-        dz[:, H:2 * H] *= pk.previous(cs)
-        dz[:, 2 * H:3 * H] *= tanh_c
-        dg = dz[:, 3 * H:]
-        np.multiply(g, g, out=dg)
-        np.subtract(1, dg, out=dg)
-        dg *= i
+        np.subtract(1, z[:3], out=dz[:3])
+        dz[:3] *= z[:3]                                # s (1 - s) of i, f, o
+        dz[0] *= g
+        dz[1] *= pk.previous(cs)
+        dz[2] *= tanh_c
+        np.multiply(g, g, out=dz[3])
+        np.subtract(1, dz[3], out=dz[3])
+        dz[3] *= i
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
-        for o_, n in reversed(pk.steps):
-            dht, dzt = dh[:n], dz[o_:o_ + n]
-            dht += dhs[o_:o_ + n]
+        back = np.empty((4, B, H), dt)
+        for s, n in reversed(pk.steps):
+            dht, dzt, e = dh[:n], dz[:, s:s + n], s + n
+            dht += dhs[s:e]
             if dh_steps is not None:
-                dh_steps[o_:o_ + n] = dht
-            np.multiply(dht, A[o_:o_ + n], out=dct[:n])
+                dh_steps[s:e] = dht
+            np.multiply(dht, A[s:e], out=dct[:n])
             dct[:n] += dc[:n]                                  # total gradient reaching c_t
-            gates4 = dzt.reshape(n, 4, H)                      # a view of the contiguous (n, 4H) rows
-            gates4[:, :2] *= dct[:n, None]                     # i, f
-            gates4[:, 2] *= dht                                # o
-            gates4[:, 3] *= dct[:n]                            # g
-            np.multiply(dct[:n], f[o_:o_ + n], out=dc[:n])     # gradient reaching c_{t-1}
-            np.matmul(dzt, WhT, out=dh_next[:n])
+            dzt[:2] *= dct[:n]                                 # i, f
+            dzt[2] *= dht                                      # o
+            dzt[3] *= dct[:n]                                  # g
+            np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
+            np.matmul(dzt, WhT, out=back[:, :n])               # dz_t Whᵀ, gate by gate …
+            np.sum(back[:, :n], axis=0, out=dh_next[:n])       # … summed
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
-        np.matmul(pk.previous(hs).T, dz, out=dWh)
+        np.matmul(pk.previous(hs).T, dz, out=as_gates(dWh, 4))
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc))
 

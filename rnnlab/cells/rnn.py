@@ -19,7 +19,7 @@ class RNN(Cell):
         Returns ((hs (N, H), (h_final,)), cache).
         """
         Wh = params["Wh"]
-        xp = project_inputs(x, params["Wx"], params["b"])
+        xp = project_inputs(x, params["Wx"], params["b"], 1)[0]
         B, H = pk.B, Wh.shape[0]
         hs = np.empty((B + pk.N, H), xp.dtype)   # initial states, then one row per packed step
         hs[:B] = state0[0]
@@ -63,7 +63,7 @@ class RNN(Cell):
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, hs.dtype)
         np.matmul(pk.previous(hs).T, dz, out=dWh)
-        dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
+        dWx, db, dx = project_inputs_backward(x, dz[None], params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh,))
 
     def step(self, x_t, state, params):
