@@ -53,7 +53,7 @@ class CharLM:
     # A shard's thread pays only when each step of it has at least this many gate values to compute
     # (shard width × gates × hidden size); below, per-step overhead and the GIL eat the gain
     # (measured: experiments/benchmarks/README.md, "Batch shards in threads").
-    MIN_SHARD_WORK = 16384
+    MIN_SHARD_WORK = 98304
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
                  num_layers: int = 1, dtype=np.float32, reduction: str = "mean", dropout: float = 0.0,

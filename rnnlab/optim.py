@@ -26,6 +26,7 @@ from .registry import OPTIMIZERS, plugin_repr
 
 class Optimizer:
     slots: tuple[str, ...] = ()
+    CHUNK = 1 << 16   # entries of a flat buffer updated at once: the update's passes over a chunk hit the cache
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
         self.lr = _positive("lr", lr)
@@ -54,12 +55,19 @@ class Optimizer:
         if isinstance(params, FlatParams) and params.same_layout(grads):
             if self.weight_decay:
                 params.flat[:params.n_matrix] *= decay
-            self.update(params.flat, grads.flat, self._flat_buffers(params))
+            self._update_chunks(params.flat, grads.flat, self._flat_buffers(params))
             return
         for name, p in params.items():
             if self.weight_decay and p.ndim >= 2:
                 p *= decay
             self.update(p, grads[name], self._buffers(name, p))
+
+    def _update_chunks(self, p, g, buffers):
+        """``update`` on the flat buffers a chunk at a time, so that all its passes over a chunk find it in
+        the cache. (Sharing the chunks out between two threads was measured no faster.)"""
+        for a in range(0, p.size, self.CHUNK):
+            b = a + self.CHUNK
+            self.update(p[a:b], g[a:b], {k: v[a:b] for k, v in buffers.items()})
 
     def _flat_buffers(self, params: FlatParams) -> dict:
         """One buffer per slot in the layout of ``params``; ``self.buffers`` holds named views into them

@@ -129,9 +129,10 @@ def test_batch_shards_in_threads_give_the_one_pass_result(cell, reduction, rng, 
 def test_shards_need_enough_work_per_thread():
     """Sharding pays only above a minimum of gate values per step per shard (see MIN_SHARD_WORK)."""
     lstm = CharLM(V, "lstm", 256, threads=2)           # 4 gates × 256 = 1,024 values per sequence
-    assert lstm.shards(8) == [slice(0, 8)]             # 8 × 1,024 < 2 × 16,384: one pass
-    assert lstm.shards(32) == [slice(0, 16), slice(16, 32)]
-    assert CharLM(V, "lstm", 256).shards(128) == [slice(0, 128)]   # threads=1 (the library default)
-    assert len(CharLM(V, "rnn", 64, threads=2).shards(128)) == 1   # 64 × 64 values: too little work
+    assert lstm.shards(128) == [slice(0, 128)]         # 128 × 1,024 < 2 × 98,304: one pass
+    assert lstm.shards(256) == [slice(0, 128), slice(128, 256)]
+    assert CharLM(V, "lstm", 512, threads=2).shards(128) == [slice(0, 64), slice(64, 128)]
+    assert CharLM(V, "lstm", 512).shards(128) == [slice(0, 128)]   # threads=1 (the library default)
+    assert len(CharLM(V, "rnn", 512, threads=2).shards(128)) == 1  # 512 values per sequence: too little work
     with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
         CharLM(V, "rnn", 4, threads=0)

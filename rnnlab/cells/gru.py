@@ -15,7 +15,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
-                   project_inputs_backward, project_step, sigmoid, tanh_to_sigmoid)
+                   project_inputs_backward, project_step, recurrent_backward, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("gru")
@@ -36,7 +36,7 @@ class GRU(Cell):
         """
         H, bh = params["Wh"].shape[0], params["bh"]
         scale = half_scale(3, 2, H, params["Wh"].dtype)
-        Wh = gate_major(params["Wh"] * scale, 3)                        # (3, H, H)
+        Wh = as_gates(params["Wh"] * scale, 3)                          # (3, H, H) view
         z = project_inputs(x, params["Wx"], params["b"], 3, scale)      # (3, N, H) → r, u, n in place
         r_, u, cand = z
         B, dt = pk.B, z.dtype
@@ -78,7 +78,6 @@ class GRU(Cell):
         Returns (grads {"Wx", "Wh", "b", "bh"}, (dx (N, D) or None, (dh0,))).
         """
         x, z, hs, hn, params, pk = cache
-        WhT = gate_major(params["Wh"], 3).transpose(0, 2, 1).copy()    # (3, H, H): Wh's gate blocks, transposed
         B, dt = pk.B, z.dtype
         H = hn.shape[1]
         r, u, n_ = z
@@ -101,7 +100,7 @@ class GRU(Cell):
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
-        back = np.empty((3, B, H), dt)
+        prod, total, direct = np.empty((3, H, B), dt), np.empty((H, B), dt), np.empty((B, H), dt)
         for s, n in reversed(pk.steps):
             dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw[:, s:s + n], s + n
             dht += dhs[s:e]
@@ -111,10 +110,9 @@ class GRU(Cell):
             d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
             dw[:2] = d[:2]
             np.multiply(d[2], r[s:e], out=dw[2])
-            np.matmul(dw, WhT, out=back[:, :n])           # dhw_t Whᵀ, gate by gate …
-            np.sum(back[:, :n], axis=0, out=dh_next[:n])  # … summed
-            np.multiply(dht, u[s:e], out=back[0, :n])     # + the direct path u * dh
-            dh_next[:n] += back[0, :n]
+            recurrent_backward(dw, params["Wh"], dh_next[:n], prod, total)
+            np.multiply(dht, u[s:e], out=direct[:n])      # + the direct path u * dh
+            dh_next[:n] += direct[:n]
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
         np.matmul(hprev.T, dhw, out=as_gates(dWh, 3))

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
-                   project_inputs_backward, project_step, sigmoid, tanh_to_sigmoid)
+                   project_inputs_backward, project_step, recurrent_backward, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("lstm")
@@ -35,7 +35,7 @@ class LSTM(Cell):
         """
         H = params["Wh"].shape[0]
         scale = half_scale(4, 3, H, params["Wh"].dtype)
-        Wh = gate_major(params["Wh"] * scale, 4)                        # (4, H, H)
+        Wh = as_gates(params["Wh"] * scale, 4)                          # (4, H, H) view
         z = project_inputs(x, params["Wx"], params["b"], 4, scale)      # (4, N, H), activated in place
         i, f, o, g = z
         B, dt = pk.B, z.dtype
@@ -73,7 +73,6 @@ class LSTM(Cell):
         Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0, dc0))).
         """
         x, z, hs, cs, tanh_c, params, pk = cache
-        WhT = gate_major(params["Wh"], 4).transpose(0, 2, 1).copy()    # (4, H, H): Wh's gate blocks, transposed
         B, dt = pk.B, z.dtype
         H = tanh_c.shape[1]
         i, f, o, g = z
@@ -100,7 +99,7 @@ class LSTM(Cell):
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
-        back = np.empty((4, B, H), dt)
+        prod, total = np.empty((4, H, B), dt), np.empty((H, B), dt)
         for s, n in reversed(pk.steps):
             dht, dzt, e = dh[:n], dz[:, s:s + n], s + n
             dht += dhs[s:e]
@@ -112,8 +111,7 @@ class LSTM(Cell):
             dzt[2] *= dht                                      # o
             dzt[3] *= dct[:n]                                  # g
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
-            np.matmul(dzt, WhT, out=back[:, :n])               # dz_t Whᵀ, gate by gate …
-            np.sum(back[:, :n], axis=0, out=dh_next[:n])       # … summed
+            recurrent_backward(dzt, params["Wh"], dh_next[:n], prod, total)
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
         np.matmul(pk.previous(hs).T, dz, out=as_gates(dWh, 4))
