@@ -177,3 +177,14 @@ def test_clipping_the_flat_buffer(rng):
     np.testing.assert_allclose(flat["b"], g["b"] / global_norm(g), rtol=1e-9)
     ValueClip(0.1)(flat)
     assert np.abs(flat.flat).max() <= 0.1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_both_forms_of_the_recurrent_product_give_the_gradients(cell, rng, monkeypatch):
+    """The backward pass's per-step product has a rows form (small H) and a column-blocks form (large
+    H): the stacked gradient check holds with either."""
+    from rnnlab.cells.base import RecurrentBackward
+    for rows_max in (0, 10 ** 6):
+        monkeypatch.setattr(RecurrentBackward, "ROWS_MAX_H", rows_max)
+        test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(
+            cell, np.random.default_rng(7))

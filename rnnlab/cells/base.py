@@ -222,15 +222,36 @@ def gate_major(W, G: int, scale=None):
     return out
 
 
-def recurrent_backward(dz, Wh, out, prod, total):
-    """``out[:] = Σ_k dz[k] @ Wh[:, k*H:(k+1)*H]ᵀ``, the gradient that a step's gates (gate-major,
-    (G, n, H)) pass to h_{t-1}. Computed as its transpose, Wh's column blocks times dz[k]ᵀ: BLAS reads
-    both operands where they are (no transposed copy of Wh per batch), and this form is the fastest of
-    those measured at the larger sizes. prod (G, H, ≥ n) and total (H, ≥ n): scratch."""
-    n = dz.shape[1]
-    np.matmul(as_gates(Wh, dz.shape[0]), dz.transpose(0, 2, 1), out=prod[:, :, :n])
-    np.sum(prod[:, :, :n], axis=0, out=total[:, :n])
-    np.copyto(out, total[:, :n].T)
+class RecurrentBackward:
+    """``back(dz, out)``: ``out[:] = Σ_k dz[k] @ Wh[:, k*H:(k+1)*H]ᵀ``, the gradient that a step's gates
+    (gate-major, (G, n, H)) pass to h_{t-1}, in the faster of two forms measured on this project's machine:
+
+    - up to ``ROWS_MAX_H`` units, the gates copied back into (n, G*H) rows and one product with a
+      contiguous Whᵀ made once per batch;
+    - above, Wh's column blocks times dz[k]ᵀ, summed and transposed: both operands read in place, no
+      transposed copy of Wh (which costs milliseconds at H = 512: a power-of-two stride).
+    """
+    ROWS_MAX_H = 256
+
+    def __init__(self, Wh, G: int, B: int):
+        H = Wh.shape[0]
+        self.rows_form = H <= self.ROWS_MAX_H
+        if self.rows_form:
+            self.WhT, self.rows = np.ascontiguousarray(Wh.T), np.empty((B, G * H), Wh.dtype)
+        else:
+            self.blocks = as_gates(Wh, G)
+            self.prod, self.total = np.empty((G, H, B), Wh.dtype), np.empty((H, B), Wh.dtype)
+
+    def __call__(self, dz, out):
+        G, n, H = dz.shape
+        if self.rows_form:
+            rows = self.rows[:n]
+            np.copyto(rows.reshape(n, G, H), dz.transpose(1, 0, 2))
+            np.matmul(rows, self.WhT, out=out)
+        else:
+            np.matmul(self.blocks, dz.transpose(0, 2, 1), out=self.prod[:, :, :n])
+            np.sum(self.prod[:, :, :n], axis=0, out=self.total[:, :n])
+            np.copyto(out, self.total[:, :n].T)
 
 
 def as_gates(a, G: int):

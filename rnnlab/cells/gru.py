@@ -15,7 +15,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
-                   project_inputs_backward, project_step, recurrent_backward, sigmoid, tanh_to_sigmoid)
+                   project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("gru")
@@ -100,7 +100,7 @@ class GRU(Cell):
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
-        prod, total, direct = np.empty((3, H, B), dt), np.empty((H, B), dt), np.empty((B, H), dt)
+        back, direct = RecurrentBackward(params["Wh"], 3, B), np.empty((B, H), dt)
         for s, n in reversed(pk.steps):
             dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw[:, s:s + n], s + n
             dht += dhs[s:e]
@@ -110,7 +110,7 @@ class GRU(Cell):
             d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
             dw[:2] = d[:2]
             np.multiply(d[2], r[s:e], out=dw[2])
-            recurrent_backward(dw, params["Wh"], dh_next[:n], prod, total)
+            back(dw, dh_next[:n])
             np.multiply(dht, u[s:e], out=direct[:n])      # + the direct path u * dh
             dh_next[:n] += direct[:n]
             dh, dh_next = dh_next, dh

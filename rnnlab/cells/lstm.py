@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
-                   project_inputs_backward, project_step, recurrent_backward, sigmoid, tanh_to_sigmoid)
+                   project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("lstm")
@@ -99,7 +99,7 @@ class LSTM(Cell):
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
-        prod, total = np.empty((4, H, B), dt), np.empty((H, B), dt)
+        back = RecurrentBackward(params["Wh"], 4, B)
         for s, n in reversed(pk.steps):
             dht, dzt, e = dh[:n], dz[:, s:s + n], s + n
             dht += dhs[s:e]
@@ -111,7 +111,7 @@ class LSTM(Cell):
             dzt[2] *= dht                                      # o
             dzt[3] *= dct[:n]                                  # g
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
-            recurrent_backward(dzt, params["Wh"], dh_next[:n], prod, total)
+            back(dzt, dh_next[:n])                            # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
         np.matmul(pk.previous(hs).T, dz, out=as_gates(dWh, 4))
