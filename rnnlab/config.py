@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -52,7 +51,7 @@ class RunSettings:
     reduction: str = "mean"
     report_samples: int = 0
     threads: int = 0
-    resume: Optional[str] = None
+    resume: str | None = None
 
 
 POSITIVE = ("lr", "steps", "batch_size", "eval_every", "num_samples", "max_len", "log_every",
@@ -68,7 +67,7 @@ def _typed(schema, node, where: str):
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         msg = str(e).splitlines()[0]
         allowed = ", ".join(f.name for f in fields(schema))
-        if "not in" in msg or "Key '" in msg and "not" in msg:
+        if "not in" in msg or ("Key '" in msg and "not" in msg):
             bad = getattr(e, "key", key)
             hint = _did_you_mean(bad, [f.name for f in fields(schema)], where + "." if where else "")
             raise ConfigError(f"Unknown key {where + '.' if where else ''}{bad}: the allowed keys "

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class Vocab:
     chars: tuple[str, ...]
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         return cls((EOL,) + tuple(sorted(set(text) - {EOL})))
 
     def __post_init__(self):
@@ -129,7 +130,7 @@ class LineDataset:
 
     @dataclass
     class Config:
-        path: Optional[str] = None      # None: the built-in dinos.txt
+        path: str | None = None      # None: the built-in dinos.txt
         lowercase: bool = False
         val_fraction: float = 0.1
         test_fraction: float = 0.0
@@ -163,7 +164,7 @@ class LineDataset:
         self._epoch_order = (None, None)
 
     @classmethod
-    def from_file(cls, path, **options) -> "LineDataset":
+    def from_file(cls, path, **options) -> LineDataset:
         return cls(read_text(path), source=str(path), **options)
 
     def __repr__(self):
@@ -226,7 +227,7 @@ class TextDataset:
 
     @dataclass
     class Config:
-        path: Optional[str] = None
+        path: str | None = None
         lowercase: bool = False
         val_fraction: float = 0.1
         test_fraction: float = 0.0
@@ -255,7 +256,7 @@ class TextDataset:
         self._train_streams = (None, None)
 
     @classmethod
-    def from_file(cls, path, **options) -> "TextDataset":
+    def from_file(cls, path, **options) -> TextDataset:
         return cls(read_text(path), source=str(path), **options)
 
     def __repr__(self):

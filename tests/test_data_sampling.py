@@ -124,7 +124,7 @@ def test_any_text_is_either_a_dataset_or_a_clear_error(text):
         ds = LineDataset(text, val_fraction=0.2, seed=0)
     except DataError:
         return
-    for split, lines in ds.lines.items():
+    for lines in ds.lines.values():
         for line in lines:
             assert ds.vocab.decode(ds.vocab.encode(line)) == line
 

@@ -90,3 +90,23 @@ def test_benchmark_worker_runs_without_torch():
     import json
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["chars_per_sec"] > 0 and result["peak_rss_mib"] > 0
+
+
+def ruff(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "ruff", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_the_tree_passes_the_linter():
+    out = ruff("check", ".")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("path, banned", [("rnnlab/sampling.py", True), ("rnnlab/model.py", True),
+                                          ("rnnlab/config.py", False), ("tests/test_x.py", False)])
+def test_the_linter_keeps_the_framework_out_of_the_core(path, banned):
+    """The dependency direction is a lint rule: a core module importing Hydra, OmegaConf or MLflow fails."""
+    source = 'import numpy\nfrom omegaconf import OmegaConf\n\n__all__ = ["OmegaConf", "numpy"]\n'
+    out = ruff("check", "--stdin-filename", path, "-", stdin=source)
+    assert ("TID251" in out.stdout) == banned, out.stdout
+    assert (out.returncode != 0) == banned, out.stdout

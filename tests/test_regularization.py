@@ -223,6 +223,6 @@ def test_text_evaluation_carries_the_state_through_each_stream(rng):
     whole, _ = lm.loss(params, ids[:-1, None], ids[1:, None])
     assert evaluate(lm, params, ds, "val", batch_size=1) == pytest.approx(whole, rel=1e-12)
     default = evaluate(lm, params, ds, "val")
-    assert [b.x.shape[1] for b in ds.eval_batches("val")][0] == 16
+    assert next(iter(ds.eval_batches("val"))).x.shape[1] == 16
     many = evaluate(lm, params, ds, "val", batch_size=256)
     assert abs(default - whole) < abs(many - whole)

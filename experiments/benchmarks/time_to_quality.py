@@ -129,7 +129,7 @@ def main():
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"quality bar: the textbook model()'s final validation loss, {target:.4f} nats/char")
-    print("| contender | steps to the bar | seconds (median of %d) | vs rnnlab |" % args.repeats)
+    print(f"| contender | steps to the bar | seconds (median of {args.repeats}) | vs rnnlab |")
     print("|---|---|---|---|")
     tb_steps = 500 * (1 + [v <= target for _, v in tb_runs[0]].index(True))
     print(f"| textbook `model()` (RNN 50, SGD, 1 name/step) | {tb_steps:,} | {med['textbook']:.2f} | "
