@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from rnnlab.clipping import NormClip
-from rnnlab.data import load_dataset, unigram_nll
+from rnnlab.baselines import unigram_nll
+from rnnlab.data import load_dataset
 from rnnlab.model import CharLM
 from rnnlab.optim import Adam
 from rnnlab.train import train

@@ -12,7 +12,7 @@ import sys
 
 
 from .checkpoint import CheckpointError
-from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_plugin_configs
+from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
 from .data import DataError
 
 log = logging.getLogger("rnnlab")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     import hydra
 
-    register_plugin_configs()
+    register_configs()
     task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
     task()

@@ -13,7 +13,7 @@ import numpy as np
 
 from .checkpoint import load, restore_model
 from .cli import USER_ERRORS, config_path, fail
-from .config import ConfigError, build, check_overrides, register_plugin_configs
+from .config import ConfigError, build, check_overrides, register_configs
 from .data import DataError
 from .sampling import generate
 
@@ -63,7 +63,7 @@ def main(argv=None):
         fail(str(e))
     import hydra
 
-    register_plugin_configs()
+    register_configs()
     task = hydra.main(config_path=config_path(), config_name="generate", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab.generate"] + argv
     task()

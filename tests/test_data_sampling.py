@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rnnlab.data import (Batch, DataError, LineDataset, TextDataset, Vocab, builtin_path, load_dataset,
-                         read_text, unigram_nll)
+from rnnlab.baselines import unigram_nll
+from rnnlab.data import Batch, DataError, LineDataset, TextDataset, Vocab, builtin_path, load_dataset, read_text
 from rnnlab.model import CharLM
 from rnnlab.registry import DATASETS, SAMPLERS
 from rnnlab.sampling import generate

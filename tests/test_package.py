@@ -22,7 +22,8 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     wheel = next(wheels.glob("rnnlab-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                     str(wheel)], check=True)
-    assert (target / "rnnlab" / "conf" / "cell" / "lstm.yaml").is_file()
+    assert (target / "rnnlab" / "conf" / "config.yaml").is_file()
+    assert (target / "rnnlab" / "conf" / "tracking" / "mlflow.yaml").is_file()
     assert (target / "rnnlab" / "builtin" / "dinos.txt").is_file()
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "rnnlab", "tracking=none", "steps=20", "eval_every=10",

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from rnnlab.clipping import NormClip
-from rnnlab.data import LineDataset, load_dataset, unigram_nll
+from rnnlab.baselines import unigram_nll
+from rnnlab.data import LineDataset, load_dataset
 from rnnlab.model import CharLM
 from rnnlab.optim import Adam
 from rnnlab.train import Callback, TrainingDiverged, evaluate, train
