@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from .cells.base import scatter_rows
 from .checks import integer, unit_interval
 from .registry import CELLS
+from .threads import one_blas_thread, pool
 
 LN2 = math.log(2.0)
 
 
-def _log_softmax(logits):
-    """Row-wise log-softmax of (N, V) logits, stable."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+def log_softmax(logits):
+    """Log-softmax over the last axis, stable."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits):
+    """Softmax over the last axis."""
+    return np.exp(log_softmax(logits))
 
 
 class CharLM:
@@ -153,7 +156,7 @@ class CharLM:
     def _nll(logits, y, mask):
         """(summed negative log-likelihood in nats, log-probabilities (T·B, V) in float64, weights (T·B,))."""
         T, B, V = logits.shape
-        logp = _log_softmax(logits.reshape(T * B, V).astype(np.float64, copy=False))
+        logp = log_softmax(logits.reshape(T * B, V).astype(np.float64, copy=False))
         w = np.ones(T * B) if mask is None else np.asarray(mask, np.float64).reshape(-1)
         return float(-(logp[np.arange(T * B), y.reshape(-1)] * w).sum()), logp, w
 
@@ -187,8 +190,8 @@ class CharLM:
                 return self._grads(params, x[:, cols], y[:, cols], None if mask is None else mask[:, cols],
                                    _rows(state0, cols), _rows(dstate, cols),
                                    None if drop is None else [d if d is None else d[:, cols] for d in drop], scale)
-            with _one_blas_thread():
-                parts = list(_pool(len(shards)).map(shard, shards))
+            with one_blas_thread():
+                parts = list(pool(len(shards)).map(shard, shards))
             total, grads = sum(p[0] for p in parts), parts[0][1]
             for _, g, _, _ in parts[1:]:
                 for name, value in g.items():
@@ -263,30 +266,3 @@ def _rows(state, cols):
 def _concat_rows(states):
     """Per-layer states of consecutive shards joined back into one along the batch."""
     return [tuple(np.concatenate(arrays) for arrays in zip(*layers)) for layers in zip(*states)]
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_BLAS = None
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``n`` threads for batch shards (made on first use, kept)."""
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="rnnlab-shard")
-    return _POOLS[n]
-
-
-def _one_blas_thread():
-    """A context in which BLAS runs single-threaded: the shards' threads take the cores instead."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -21,7 +21,8 @@ from . import checkpoint as ckpt_io
 from .config import (TRACKERS, ConfigError, RunSettings, build, build_dataset, plugin_options,
                      run_settings)
 from .data import DataError
-from .model import CharLM, available_cpus, nats_to_bits
+from .model import CharLM, nats_to_bits
+from .threads import available_cpus
 from .train import Callback, TrainingDiverged, train
 
 log = logging.getLogger("rnnlab")

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import integer, positive
+from .model import softmax
 from .registry import SAMPLERS
-
-
-def _softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _draw(probs, rng):
@@ -34,7 +29,7 @@ class Sampler:
     temperature = 1.0
 
     def probs(self, logits):
-        return _softmax(np.asarray(logits, np.float64) / self.temperature)
+        return softmax(np.asarray(logits, np.float64) / self.temperature)
 
     def __call__(self, logits, rng):
         return _draw(self.probs(logits), rng)
