@@ -11,18 +11,10 @@ import logging
 import sys
 
 
-from .checkpoint import CheckpointError
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
-from .data import DataError
+from .lifecycle import USER_ERRORS, fail
 
 log = logging.getLogger("rnnlab")
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
-
-
-def fail(message: str, code: int = 2):
-    """Report a user mistake on stderr and exit, without a traceback."""
-    print(f"rnnlab: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
 
 
 def config_path() -> str:

@@ -14,8 +14,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from .cli import fail
-from .tracking import ConfigError, resolve_uri
+from .config import ConfigError
+from .lifecycle import fail
+from .tracking import resolve_uri
 
 SKIP_PARAMS = ("resume", "tracking.uri", "data.path")
 

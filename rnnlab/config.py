@@ -1,6 +1,7 @@
 """Typed configuration: every option declared once, as a dataclass field, and the checks against it.
 
-The top-level options of a run are the fields of ``RunSettings`` (default, meaning, rule). A plugin's
+The top-level options of a run are the fields of ``RunSettings`` (default, meaning, rule): the training
+loop's own (``train.TrainOptions``) and the run's. A plugin's
 options are the fields of its dataclass (``Adam``'s ``beta1``, ``Cell.Config``'s ``hidden_size``…): the
 config groups ``cell``, ``optimizer``, ``schedule``, ``clip``, ``sampler`` and ``data`` are made from the
 registries and stored in Hydra's ConfigStore, so no YAML repeats a default and a third-party plugin is
@@ -12,14 +13,16 @@ with a ``ConfigError`` that names the key and what is allowed.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .checks import check_options, option
 from .data import DataError, load_dataset
 from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES, UnknownPluginError
+from .train import TrainOptions
 
 GROUPS = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "clip": CLIPPERS,
           "sampler": SAMPLERS}
@@ -38,58 +41,48 @@ class ConfigError(ValueError):
     """A config that cannot run, with a message naming the key and what is allowed."""
 
 
-def knob(default, doc: str, rule=None, zero: str | None = None):
-    """A top-level option: its default, what it means, and its rule: ``"> 0"``, ``">= 0"`` or the allowed
-    values ({value: what it means}); ``zero`` says what 0 means."""
-    return field(default=default, metadata={"doc": doc, "rule": rule, "zero": zero})
+@dataclass
+class LearningRate:
+    lr: float = option(0.005, "learning rate, fed to the optimizer (optimizer.lr)", "> 0")
 
 
 @dataclass
-class RunSettings:
-    """The top-level options of a run (``python -m rnnlab steps=3000 lr=0.003``)."""
-    lr: float = knob(0.005, "learning rate, fed to the optimizer (optimizer.lr)", "> 0")
-    steps: int = knob(800, "training steps (one batch each)", "> 0")
-    batch_size: int = knob(32, "sequences per batch", "> 0")
-    seed: int = knob(0, "one seed for initialisation, batch order and sampling")
-    dtype: str = knob("float32", "float32 (fast) or float64 (exact checks)",
-                      {"float32": None, "float64": None})
-    threads: int = knob(0, "threads sharing a training batch, each a shard of its sequences", ">= 0",
-                        zero="one per available CPU")
-    eval_every: int = knob(50, "measure the validation loss every N steps", "> 0")
-    sample_every: int = knob(200, "generate samples every N steps (and at the last one)", ">= 0",
-                             zero="never")
-    num_samples: int = knob(10, "samples generated each time", "> 0")
-    max_len: int = knob(50, "longest generated sample (names); characters generated (running text)", "> 0")
-    report_samples: int = knob(1000, "at the end, samples of the best model: the share of new names vs "
-                               "copies", ">= 0", zero="no final sample report")
-    log_every: int = knob(100, "a progress line in the log every N steps", "> 0")
-    reduction: str = knob("mean", "what the gradients are of: the loss per character or per sequence "
-                          "(as the course)", {"mean": "per character", "sum": "per sequence"})
-    patience: int = knob(0, "early stopping: evaluations without improvement before stopping", ">= 0",
-                         zero="no early stopping")
-    min_delta: float = knob(0.0, "the improvement of val_nll that counts", ">= 0")
-    checkpoint_every: int = knob(200, "write the last checkpoint every N steps (the best one at each "
-                                 "improvement)", "> 0")
-    resume: str | None = knob(None, "a checkpoint path or an MLflow run id to continue from")
-
-
-def _check(name: str, value, rule, zero) -> None:
-    """Refuse ``value`` if it breaks ``rule`` (see ``knob``), with the rule and the value in the message."""
-    if isinstance(rule, dict):
-        if value not in rule:
-            allowed = " or ".join(f"{k} ({v})" if v else k for k, v in rule.items())
-            raise ConfigError(f"{name} must be {allowed}, got {value!r}")
-    elif rule is not None and not (value > 0 if rule == "> 0" else value >= 0):
-        raise ConfigError(f"{name} must be {rule}{f' (0: {zero})' if zero else ''}, got {value}")
+class RunSettings(TrainOptions, LearningRate):
+    """The top-level options of a run (``python -m rnnlab steps=3000 lr=0.003``): ``lr``, the training
+    loop's options (``TrainOptions``: steps, batch_size, seed, eval_every, …) and these."""
+    dtype: str = option("float32", "float32 (fast) or float64 (exact checks)", {"float32": None, "float64": None})
+    threads: int = option(0, "threads sharing a training batch, each a shard of its sequences", ">= 0",
+                          zero="one per available CPU")
+    log_every: int = option(100, "a progress line in the log every N steps", "> 0")
+    reduction: str = option("mean", "what the gradients are of: the loss per character or per sequence (as "
+                            "the course)", {"mean": "per character", "sum": "per sequence"})
+    checkpoint_every: int = option(200, "write the last checkpoint every N steps (the best one at each "
+                                   "improvement)", "> 0")
+    resume: str | None = option(None, "a checkpoint path or an MLflow run id to continue from")
 
 
 def run_settings(cfg) -> RunSettings:
     """The validated top-level options of ``cfg``."""
     top = {f.name: cfg[f.name] for f in fields(RunSettings) if f.name in cfg}
     settings = _typed(RunSettings, top, "")
-    for f in fields(RunSettings):
-        _check(f.name, getattr(settings, f.name), f.metadata["rule"], f.metadata["zero"])
+    try:
+        check_options(settings)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return settings
+
+
+def hydra_config():
+    """Hydra's config of the running job (None outside a Hydra app): its run directory, overrides…"""
+    from hydra.core.hydra_config import HydraConfig
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun() -> bool:
+    """Whether this job is a trial of a sweep (``-m``, or a preset that sets ``hydra.mode: MULTIRUN``)."""
+    from hydra.types import RunMode
+    hc = hydra_config()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
 def _typed(schema, node, where: str):

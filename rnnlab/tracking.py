@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import ConfigError
+from .config import ConfigError, hydra_config, is_multirun
 from .model import nats_to_bits
 from .train import Callback
 
@@ -89,7 +89,7 @@ class MlflowTracker(Callback):
               parent_run_id: str | None = None, extra_tags: dict | None = None):
         from mlflow.entities import Param, RunTag
 
-        hydra_cfg = _hydra_config()
+        hydra_cfg = hydra_config()
         if launch_dir is None and hydra_cfg is not None:
             launch_dir = hydra_cfg.runtime.cwd   # the launch directory, wherever the job runs
         client, uri = connect(cfg, launch_dir)
@@ -98,7 +98,7 @@ class MlflowTracker(Callback):
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         overrides = _overrides()
         extra_tags = dict(extra_tags or {})
-        if parent_run_id is None and hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        if parent_run_id is None and is_multirun():
             sid = sweep_id(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)
             parent_run_id = find_parent_run(client, exp_id, sid)
             extra_tags.update({"rnnlab.sweep_id": sid, "rnnlab.role": "trial",
@@ -279,16 +279,8 @@ def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:
         raise ConfigError(f"MLflow run {run_id} has no {kind} checkpoint ({e})") from None
 
 
-def _hydra_config():
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        return HydraConfig.get() if HydraConfig.initialized() else None
-    except ImportError:
-        return None
-
-
 def _overrides() -> list[str]:
-    cfg = _hydra_config()
+    cfg = hydra_config()
     return list(cfg.overrides.task) if cfg is not None else []
 
 

@@ -165,7 +165,7 @@ def small_checkpoint(tmp_path):
     lm = CharLM(4, "gru", 3)
     vocab = Vocab(("\n", "a", "b", "c"))
     ck = ckpt_io.Checkpoint(params=lm.init_params(np.random.default_rng(0)),
-                            meta={"step": 3, **ckpt_io.model_meta(lm, vocab)})
+                            meta={"step": 3, **ckpt_io.model_meta(lm, vocab, "lines")})
     return ckpt_io.save(tmp_path / "ck.npz", ck), lm
 
 
