@@ -18,7 +18,8 @@ def run(cell="lstm", steps=30, seed=0, ds=None, callbacks=(), **kw):
     lm = CharLM(len(ds.vocab), cell, 16)
     params = lm.init_params(np.random.default_rng(seed))
     hist = train(lm, params, ds, Adam(0.02), NormClip(5),
-                 TrainOptions(steps=steps, batch_size=4, seed=seed, eval_every=10, **kw), callbacks=callbacks)
+                 TrainOptions(**{"steps": steps, "batch_size": 4, "seed": seed, "eval_every": 10, **kw}),
+                 callbacks=callbacks)
     return lm, params, hist, ds
 
 
@@ -91,3 +92,15 @@ def test_lstm_learns_the_builtin_names_and_beats_an_rnn():
         final[cell] = hist.best_val_nll
     assert final["lstm"] < unigram - 0.5, (final, unigram)
     assert final["lstm"] < final["rnn"], final
+
+
+def test_sample_every_zero_means_never_and_options_are_checked():
+    _, _, hist, _ = run(steps=12, sample_every=0)
+    assert hist.samples == {} and hist.val_nll              # no samples at all, not even at the end
+    _, _, hist, _ = run(steps=12, sample_every=100)
+    assert list(hist.samples) == [11]                        # a period longer than the run: the last step
+    for bad, message in [({"eval_every": 0}, "eval_every must be > 0, got 0"),
+                         ({"sample_every": -1}, r"sample_every must be >= 0 \(0: never\), got -1"),
+                         ({"patience": -2}, r"patience must be >= 0 \(0: no early stopping\)")]:
+        with pytest.raises(ValueError, match=message):
+            run(steps=2, **bad)
