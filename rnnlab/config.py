@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .checks import check_options, option
-from .data import DataError, load_dataset
+from .data import LINES, DataError, load_dataset
 from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES, UnknownPluginError
 from .train import TrainOptions
 
@@ -28,7 +28,7 @@ GROUPS = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "clip":
           "sampler": SAMPLERS}
 # The data group: one option per dataset kind (the file to read is required), plus presets stating how
 # they differ from their kind.
-DATA_PRESETS = {"dinos": ("lines", {"path": None, "lowercase": True})}   # the built-in names, lowercased
+DATA_PRESETS = {"dinos": (LINES, {"path": None, "lowercase": True})}   # the built-in names, lowercased
 TRACKERS = ("mlflow", "none")
 HERE = Path(__file__).resolve().parent
 # Installed, the configs are the package rnnlab.conf; in a source checkout, the top-level conf/.

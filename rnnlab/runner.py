@@ -33,24 +33,17 @@ log = logging.getLogger("rnnlab")
 def run(cfg) -> float:
     """Train as ``cfg`` says and return the final validation loss (nats/char)."""
     t_start = time.perf_counter()
-    job = prepare(cfg)
-    tracker = None
-    if job.tracking == "mlflow":
-        from .tracking import MlflowTracker
-        tracker = MlflowTracker.start(cfg, name=job.name, dataset=job.dataset, lm=job.lm, out_dir=job.out_dir)
+    job = prepare(cfg)                            # a mistake stops here, before anything is written
+    tracker = start_tracker(cfg, job)             # None with tracking=none
     checkpointer = Checkpointer(job.out_dir / "checkpoints", job.lm, job.params, job.optimizer, job.dataset,
-                                {"config": OmegaConf.to_container(cfg, resolve=True), "seed": job.settings.seed,
-                                 "run_name": job.name}, job.settings.checkpoint_every,
-                                job.resume.best_val_nll, on_saved=tracker.log_checkpoint if tracker else None)
+                                checkpoint_meta(cfg, job), job.settings.checkpoint_every, job.resume.best_val_nll,
+                                on_saved=tracker.log_checkpoint if tracker else None)
     supervisor = Supervisor(tracker, checkpointer, multirun=is_multirun())
     hist = supervisor.run(lambda stopper: task(job, checkpointer, tracker, stopper))
-    if hist is None:   # a failed trial of a sweep: the sweep goes on
+    if hist is None:                              # a failed trial of a sweep: the sweep goes on
         return DIVERGED_LOSS
-    for line in summary(job, hist, checkpointer.best, time.perf_counter() - t_start):
+    for line in summary(job, hist, checkpointer.best, time.perf_counter() - t_start, tracker):
         log.info(line)
-    if tracker:
-        for line in tracker.summary_lines():
-            log.info(line)
     return hist.val_nll[-1]
 
 
@@ -101,6 +94,19 @@ def prepare(cfg) -> Job:
     return job
 
 
+def start_tracker(cfg, job: Job):
+    """The MLflow logger of the run (None with tracking=none); mlflow is imported only here."""
+    if job.tracking != "mlflow":
+        return None
+    from .tracking import MlflowTracker
+    return MlflowTracker.start(cfg, name=job.name, dataset=job.dataset, lm=job.lm, out_dir=job.out_dir)
+
+
+def checkpoint_meta(cfg, job: Job) -> dict:
+    """What the checkpoints' header says of the run, besides the model (see ``Checkpointer``)."""
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "seed": job.settings.seed, "run_name": job.name}
+
+
 def task(job: Job, checkpointer: Checkpointer, tracker, stopper):
     """Train the job, its progress, samples and checkpoints written and tracked; then log the model of
     the best checkpoint. Returns the History. ``stopper`` comes last: a step is checkpointed and logged
@@ -148,7 +154,7 @@ def _resume(job: Job, cfg) -> None:
     log.info("resuming from %s at step %d", source, ckpt.step)
 
 
-def summary(job: Job, hist, best: float, seconds: float) -> list[str]:
+def summary(job: Job, hist, best: float, seconds: float, tracker=None) -> list[str]:
     """The lines that end a finished run's log: losses, samples, the reports, where things are."""
     final, out = hist.val_nll[-1], job.out_dir
     last_samples = hist.samples[max(hist.samples)] if hist.samples else []
@@ -169,4 +175,4 @@ def summary(job: Job, hist, best: float, seconds: float) -> list[str]:
         lines.append(f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
                      f"{job.settings.patience} evaluations (best checkpoint: {out / 'checkpoints' / 'best.npz'})")
     lines.append(f"  checkpoints: {out / 'checkpoints'}")
-    return lines
+    return lines + (tracker.summary_lines() if tracker else [])
