@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import LINES
+from .flat import FlatParams
 
 FORMAT = "rnnlab-checkpoint"
 VERSION = 1
@@ -103,7 +104,7 @@ def load(path) -> Checkpoint:
             layer, i = name.split("/")
             state.setdefault(int(layer), {})[int(i)] = value
     layers = [tuple(parts[i] for i in sorted(parts)) for _, parts in sorted(state.items())] or None
-    return Checkpoint(params=params, meta=meta, optimizer=optim, state=layers)
+    return Checkpoint(params=FlatParams(params) if params else params, meta=meta, optimizer=optim, state=layers)
 
 
 def validate(ckpt: Checkpoint, lm, where: str = "checkpoint") -> None:

@@ -10,12 +10,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import positive
+from .flat import FlatParams
 from .registry import CLIPPERS
 
 
 def global_norm(grads: dict) -> float:
-    """sqrt of the sum of squares of every gradient entry (accumulated in float64)."""
+    """sqrt of the sum of squares of every gradient entry: one dot product over a ``FlatParams``
+    buffer, else one per array."""
+    if isinstance(grads, FlatParams):
+        return math.sqrt(float(np.dot(grads.flat, grads.flat)))
     return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+
+
+def _entries(grads: dict) -> list:
+    """The arrays a clipping policy scales or clips: the one flat buffer, or every array."""
+    return [grads.flat] if isinstance(grads, FlatParams) else list(grads.values())
 
 
 @CLIPPERS.register("none")
@@ -38,7 +47,7 @@ class ValueClip:
 
     def __call__(self, grads: dict) -> float:
         norm = global_norm(grads)
-        for g in grads.values():
+        for g in _entries(grads):
             np.clip(g, -self.max_value, self.max_value, out=g)
         return norm
 
@@ -56,6 +65,6 @@ class NormClip:
         norm = global_norm(grads)
         if norm > self.max_norm:
             scale = self.max_norm / (norm + 1e-12)
-            for g in grads.values():
+            for g in _entries(grads):
                 g *= scale
         return norm

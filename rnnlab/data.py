@@ -194,6 +194,9 @@ class LineDataset(Corpus):
         return sum(len(s) + 1 for s in self._encoded[split])
 
     def _pad(self, seqs) -> Batch:
+        """Lines padded at their end, longest first (the order of the packed layout the cells run on,
+        so the model need not reorder the batch)."""
+        seqs = sorted(seqs, key=len, reverse=True)
         T = max(len(s) for s in seqs) + 1
         B = len(seqs)
         x = np.zeros((T, B), np.int64)

@@ -21,8 +21,9 @@ import math
 
 import numpy as np
 
-from .cells.base import scatter_rows
+from .cells.base import Layout, scatter_rows
 from .checks import integer, unit_interval
+from .flat import FlatParams
 from .registry import CELLS
 from .threads import one_blas_thread, pool
 
@@ -80,7 +81,7 @@ class CharLM:
 
     # --------------------------------------------------------------------------------- parameters
     def init_params(self, rng: np.random.Generator) -> dict:
-        """Fresh parameters drawn from ``rng``."""
+        """Fresh parameters drawn from ``rng``, as a ``FlatParams`` (named views into one buffer)."""
         params = {}
         if self.embedding_size:  # N(0, 1) rows, as the common frameworks initialise an embedding
             params["E"] = rng.standard_normal((self.vocab_size, self.embedding_size)).astype(self.dtype)
@@ -91,7 +92,7 @@ class CharLM:
         bound = 1.0 / math.sqrt(self.hidden_size)
         params["Wy"] = rng.uniform(-bound, bound, (self.hidden_size, self.vocab_size)).astype(self.dtype)
         params["by"] = np.zeros(self.vocab_size, self.dtype)
-        return params
+        return FlatParams(params)
 
     def layer_params(self, params: dict, k: int) -> dict:
         prefix = f"l{k}."
@@ -120,45 +121,56 @@ class CharLM:
         return np.take(params["E"], x, axis=0) if self.embedding_size else x
 
     def forward(self, params, x, state0=None, mask=None, drop=None):
-        """x: (T, B) int ids; drop: dropout masks or None. Returns ((logits (T, B, V), final state), cache)."""
-        T, B = x.shape
-        state0 = self.initial_state(B) if state0 is None else state0
-        drop = drop or [None] * (self.num_layers + 1)
-        inp = self.embed(params, x)
+        """x: (T, B) int ids; drop: dropout masks or None. Returns ((logits (T, B, V), final state), cache);
+        the logits of padded steps are zeros."""
+        lay = Layout(mask, *x.shape)
+        (logits, final), cache = self._forward(params, x, lay, state0, drop)
+        return (lay.unpack(logits), final), cache
+
+    def _forward(self, params, x, lay, state0, drop):
+        """The forward pass on the batch's packed rows (see ``cells.base.Packing``): returns
+        ``((logits (N, V), final state), cache)``; states in column order."""
+        state0 = self.initial_state(lay.B) if state0 is None else state0
+        drop = [None if d is None else lay.pack(d) for d in (drop or [None] * (self.num_layers + 1))]
+        ids = lay.pack(x)
+        inp = self.embed(params, ids)
         if drop[0] is not None:
             inp = inp * drop[0]
         caches, final = [], []
         for k in range(self.num_layers):
-            (hs, state), cache = self.cell.forward(inp, state0[k], self.layer_params(params, k), mask)
+            (hs, state), cache = self.cell.forward_packed(inp, lay.sort(state0[k]), self.layer_params(params, k),
+                                                          lay.packing)
             caches.append(cache)
-            final.append(state)
+            final.append(lay.unsort(state))
             inp = hs if drop[k + 1] is None else hs * drop[k + 1]
-        top = inp.reshape(T * B, self.hidden_size)
-        logits = top @ params["Wy"] + params["by"]
-        return (logits.reshape(T, B, -1), final), (caches, top, drop)
+        logits = inp @ params["Wy"]
+        logits += params["by"]
+        return (logits, final), (caches, inp, drop, ids, lay)
 
     def internals(self, params, x, state0=None):
         """What the network computes inside, for looking at it: ``(logits (T, B, V), layers)`` where
         ``layers[k]`` maps names to (T, B, H) arrays of layer ``k`` at every step — ``h`` for every cell,
         ``c`` and the gates ``i, f, o, g`` for an LSTM, the gates ``r, u, n`` for a GRU. No padding, no
         dropout."""
-        (logits, _), (caches, _, _) = self.forward(params, x, state0)
-        return logits, [self.cell.internals(c) for c in caches]
+        lay = Layout(None, *x.shape)
+        (logits, _), (caches, *_) = self._forward(params, x, lay, state0, None)
+        return lay.unpack(logits), [{k: lay.unpack(v) for k, v in self.cell.internals_packed(c).items()}
+                                    for c in caches]
 
     def loss(self, params, x, y, mask=None, state0=None, drop=None):
         """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state).
         No dropout unless masks are given (``drop``, e.g. for a gradient check)."""
-        (logits, final), _ = self.forward(params, x, state0, mask, drop)
-        total, _, _ = self._nll(logits, y, mask)
+        lay = Layout(mask, *x.shape)
+        (logits, final), _ = self._forward(params, x, lay, state0, drop)
+        total, _ = self._nll(logits, lay.pack(y))
         return total / _characters(x, mask), final
 
     @staticmethod
-    def _nll(logits, y, mask):
-        """(summed negative log-likelihood in nats, log-probabilities (T·B, V) in float64, weights (T·B,))."""
-        T, B, V = logits.shape
-        logp = log_softmax(logits.reshape(T * B, V).astype(np.float64, copy=False))
-        w = np.ones(T * B) if mask is None else np.asarray(mask, np.float64).reshape(-1)
-        return float(-(logp[np.arange(T * B), y.reshape(-1)] * w).sum()), logp, w
+    def _nll(logits, y):
+        """(summed negative log-likelihood in nats, log-probabilities in float64) of packed logits (N, V)
+        and targets (N,)."""
+        logp = log_softmax(logits.astype(np.float64, copy=False))
+        return -float(logp[np.arange(len(y)), y].sum()), logp
 
     def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None, rng=None, drop=None,
                        return_dstate0=False):
@@ -166,73 +178,81 @@ class CharLM:
 
         The gradients are those of the mean loss per character (``reduction="mean"``) or of the loss
         summed over each sequence and averaged over the batch (``"sum"``: the course's loss per name).
-        x, y: (T, B) int ids (inputs and next-character targets); mask: (T, B) 1/0 or None;
+        They come as a ``FlatParams`` (one buffer, named views). x, y: (T, B) int ids (inputs and
+        next-character targets); mask: (T, B) 1/0 or None;
         state0: initial state (zeros if None); dstate: gradient flowing into the final state (None).
         rng: draws the dropout masks of this batch (training); drop: given masks instead (a gradient
         check); neither: no dropout. return_dstate0: also return the gradient of the loss with respect
         to ``state0`` (per layer, like a state), the gradient that full BPTT would pass to the batch before.
 
-        With ``threads > 1`` the batch's sequences are split into that many shards of columns, each run
-        forward and backward in its own thread (NumPy releases the GIL in its loops, so the element-wise
-        work of the cells, single-threaded in NumPy, runs on every core; BLAS gets one thread per shard),
-        and the shards' gradients are summed: the same result as one pass up to rounding.
+        With ``threads > 1`` the batch's sequences are split into that many shards of columns (of
+        alike lengths: every k-th sequence by length), each run forward and backward in its own thread
+        (NumPy releases the GIL in its loops, so the element-wise work of the cells, single-threaded in
+        NumPy, runs on every core; BLAS gets one thread per shard), and the shards' gradients are summed:
+        the same result as one pass up to rounding.
         """
         if drop is None and rng is not None:
             drop = self.dropout_masks(rng, *x.shape)
-        B = x.shape[1]
+        T, B = x.shape
         n = _characters(x, mask)
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B)
         if len(shards) == 1:
-            total, grads, final, dstate0 = self._grads(params, x, y, mask, state0, dstate, drop, scale)
+            total, grads, final, dstate0 = self._grads(params, x, y, Layout(mask, T, B), state0, dstate, drop,
+                                                       scale)
         else:
+            lay = Layout(mask, T, B)
+            columns = [lay.order[positions] for positions in _interleaved(len(shards), B)]
+
             def shard(cols):
-                return self._grads(params, x[:, cols], y[:, cols], None if mask is None else mask[:, cols],
+                return self._grads(params, x[:, cols], y[:, cols],
+                                   Layout(None if mask is None else mask[:, cols], T, len(cols)),
                                    _rows(state0, cols), _rows(dstate, cols),
                                    None if drop is None else [d if d is None else d[:, cols] for d in drop], scale)
             with one_blas_thread():
-                parts = list(pool(len(shards)).map(shard, shards))
+                parts = list(pool(len(shards)).map(shard, columns))
             total, grads = sum(p[0] for p in parts), parts[0][1]
             for _, g, _, _ in parts[1:]:
-                for name, value in g.items():
-                    grads[name] += value
-            final, dstate0 = (_concat_rows([p[i] for p in parts]) for i in (2, 3))
+                grads.flat += g.flat
+            final, dstate0 = (_gather_rows([p[i] for p in parts], columns) for i in (2, 3))
         loss = total / n
         return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
 
     def shards(self, batch: int) -> list[slice]:
-        """How ``loss_and_grads`` splits a batch of ``batch`` sequences: one slice of columns per thread,
-        at most ``threads`` of them, each with at least ``MIN_SHARD_WORK`` gate values per step."""
+        """How many shards ``loss_and_grads`` splits a batch of ``batch`` sequences into, and their sizes
+        (as slices): at most ``threads``, each with at least ``MIN_SHARD_WORK`` gate values per step."""
         per_sequence = self.cell.gates * self.hidden_size
         k = max(1, min(self.threads, batch * per_sequence // self.MIN_SHARD_WORK))
         edges = [round(i * batch / k) for i in range(k + 1)]
         return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
-    def _grads(self, params, x, y, mask, state0, dstate, drop, scale):
+    def _grads(self, params, x, y, lay, state0, dstate, drop, scale):
         """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale, final
         state, gradient of the initial state)."""
-        (logits, final), (caches, top, drop) = self.forward(params, x, state0, mask, drop)
-        T, B = x.shape
-        total, logp, w = self._nll(logits, y, mask)
-        # d loss / d logits = (softmax - onehot) * w / scale
+        (logits, final), (caches, top, drop, ids, lay) = self._forward(params, x, lay, state0, drop)
+        y = lay.pack(y)
+        total, logp = self._nll(logits, y)
+        # d loss / d logits = (softmax - onehot) / scale
         dlogits = np.exp(logp)
-        dlogits[np.arange(T * B), y.reshape(-1)] -= 1
-        dlogits *= (w / scale)[:, None]
-        dlogits = dlogits.astype(self.dtype, copy=False)
-        grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
-        dhs = (dlogits @ params["Wy"].T).reshape(T, B, self.hidden_size)
+        dlogits[np.arange(len(y)), y] -= 1
+        dlogits = (dlogits / scale).astype(self.dtype, copy=False)
+        grads = FlatParams.like(params, fill="empty", dtype=self.dtype)
+        np.matmul(top.T, dlogits, out=grads["Wy"])
+        np.sum(dlogits, axis=0, out=grads["by"])
+        dhs = dlogits @ params["Wy"].T
         dstate0 = [None] * self.num_layers
         for k in reversed(range(self.num_layers)):
             if drop[k + 1] is not None:
                 dhs *= drop[k + 1]
-            g, (dx, dstate0[k]) = self.cell.backward(dhs, caches[k], None if dstate is None else dstate[k])
-            for name, value in g.items():
-                grads[f"l{k}.{name}"] = value
+            out = {name: grads[f"l{k}.{name}"] for name in self.layer_params(params, k)}
+            _, (dx, ds0) = self.cell.backward_packed(dhs, caches[k], lay.sort(None if dstate is None else dstate[k]),
+                                                     out=out)
+            dstate0[k] = lay.unsort(ds0)
             dhs = dx
         if self.embedding_size:
             if drop[0] is not None:
                 dhs *= drop[0]
-            grads["E"] = scatter_rows(x, dhs, self.vocab_size)
+            scatter_rows(ids, dhs, self.vocab_size, out=grads["E"])
         return total, grads, final, dstate0
 
     def step(self, params, x_t, state):
@@ -258,11 +278,27 @@ def _characters(x, mask) -> float:
     return n
 
 
+def _interleaved(k: int, B: int) -> list[np.ndarray]:
+    """Positions in a length-sorted batch of B for each of k shards, every k-th one, so that each shard
+    gets long and short sequences alike (contiguous slices would give one shard all the long ones)."""
+    return [np.arange(j, B, k) for j in range(k)]
+
+
 def _rows(state, cols):
     """The columns ``cols`` of a per-layer state (a list of tuples of (B, H) arrays), or None."""
     return None if state is None else [tuple(a[cols] for a in layer) for layer in state]
 
 
-def _concat_rows(states):
-    """Per-layer states of consecutive shards joined back into one along the batch."""
-    return [tuple(np.concatenate(arrays) for arrays in zip(*layers)) for layers in zip(*states)]
+def _gather_rows(states, columns):
+    """Per-layer states of shards (of the batch's ``columns``) put back into one in column order."""
+    B = sum(len(c) for c in columns)
+    out = []
+    for layers in zip(*states):
+        arrays = []
+        for parts in zip(*layers):
+            a = np.empty((B,) + parts[0].shape[1:], parts[0].dtype)
+            for cols, part in zip(columns, parts):
+                a[cols] = part
+            arrays.append(a)
+        out.append(tuple(arrays))
+    return out

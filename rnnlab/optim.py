@@ -24,6 +24,7 @@ from dataclasses import KW_ONLY, dataclass
 import numpy as np
 
 from .checks import nonnegative as _nonnegative, positive as _positive, unit_interval as _unit
+from .flat import FlatParams
 from .registry import OPTIMIZERS
 
 
@@ -55,13 +56,33 @@ class Optimizer:
         return self.buffers[name]
 
     def step(self, params: dict, grads: dict) -> None:
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient, in place: the whole buffer at once when both are
+        ``FlatParams`` of one layout, else array by array (the same arithmetic for each entry)."""
         self.t += 1
         decay = 1 - self.lr * self.weight_decay
+        if isinstance(params, FlatParams) and params.same_layout(grads):
+            if self.weight_decay:
+                params.flat[:params.n_matrix] *= decay
+            self.update(params.flat, grads.flat, self._flat_buffers(params))
+            return
         for name, p in params.items():
             if self.weight_decay and p.ndim >= 2:
                 p *= decay
             self.update(p, grads[name], self._buffers(name, p))
+
+    def _flat_buffers(self, params: FlatParams) -> dict:
+        """One buffer per slot in the layout of ``params``; ``self.buffers`` holds named views into them
+        (a restored state is copied in)."""
+        flat = self.__dict__.get("_flat")
+        if flat is None or not flat[0].same_layout(params):
+            slots = {slot: FlatParams.like(params, fill=0) for slot in self.slots}
+            for name, named in self.buffers.items():
+                for slot, value in named.items():
+                    if slot in slots and name in params:
+                        slots[slot][name] = value
+            self.buffers = {name: {slot: slots[slot][name] for slot in self.slots} for name in params}
+            flat = self._flat = (params, {slot: buf.flat for slot, buf in slots.items()})
+        return flat[1]
 
     def update(self, p, g, buf):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -82,7 +103,7 @@ class Optimizer:
                 continue
             name, slot = key.rsplit("/", 1)
             self.buffers.setdefault(name, {})[slot] = np.array(value)
-
+        self._flat = None
 
 
 @OPTIMIZERS.register("sgd")

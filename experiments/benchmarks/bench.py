@@ -11,8 +11,8 @@ process so that its peak memory (max RSS) is its own. The machine's bound for a 
 multiply rate NumPy's BLAS reaches here (measured by this command) divided by the FLOPs one trained
 character costs in the matrix products: 3 × 2·(G·H·H + H·V), G the cell's gates (forward, and the
 two products of the backward pass). "Products alone" is the ratio rnnlab would reach if its element-wise
-work cost nothing: the same matrix products at their exact (per-step) shapes, timed on their own,
-against PyTorch's throughput — a ceiling for any NumPy implementation built on these products.
+work cost nothing: the same matrix products at their exact packed (per-step) shapes, timed on their
+own, against PyTorch's throughput — a ceiling for any NumPy implementation built on these products.
 rnnlab runs as the runner does: a batch wide enough is split into one shard per thread (CharLM threads).
 Needs PyTorch (`pip install torch==2.13.0`, the CPU build).
 """
@@ -131,31 +131,35 @@ def worker(framework, cell, H, B, dtype, steps, repeats):
 
 def products_only(cell, H, V, dtype, data, repeats):
     """Trained characters per second if the element-wise work were free: the time of the matrix
-    products alone that one training step of these batches needs (per time step, h Wh forward and
-    dz Whᵀ backward; per batch, the weight gradient over all steps and the output layer's three
-    products), each at its exact shape, on the same BLAS and threads (median of repeats). A ceiling
-    for any NumPy implementation that does these products."""
+    products alone that one training step of these batches needs at the packed shapes rnnlab runs
+    (per time step t, on the n_t sequences still running: h Wh forward and dz Whᵀ backward; per batch,
+    the weight gradient over all real steps and the output layer's three products), each at its exact
+    shape, on the same BLAS and threads (median of repeats). A ceiling for any NumPy implementation that
+    does these products without padding."""
     rng = np.random.default_rng(0)
     G = GATES[cell]
     Wh, Wy = rng.standard_normal((H, G * H)).astype(dtype), rng.standard_normal((H, V)).astype(dtype)
+    WhT = np.ascontiguousarray(Wh.T)
     chars = sum(float(b.mask.sum()) for b in data)
-    T_max, B = max(b.x.shape[0] for b in data), data[0].x.shape[1]
-    # operands made once, outside the timed loop (each batch uses its first T steps)
-    hs_all, dz_all = np.ones((T_max, B, H), dtype), np.ones((T_max, B, G * H), dtype)
+    B = data[0].x.shape[1]
+    sizes = [np.sort(b.mask.sum(axis=0).astype(int))[::-1] for b in data]
+    sizes = [[int((lengths > t).sum()) for t in range(lengths[0])] for lengths in sizes]   # n_t per batch
+    N_max = max(sum(n) for n in sizes)
+    # operands made once, outside the timed loop (each batch uses its first N rows)
+    hs_all, dz_all = np.ones((N_max, H), dtype), np.ones((N_max, G * H), dtype)
     rec, dh = np.empty((B, G * H), dtype), np.empty((B, H), dtype)
     rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for b in data:
-            T = b.x.shape[0]
-            hs, dz = hs_all[:T], dz_all[:T]
-            for t in range(T):
-                np.matmul(hs[t], Wh, out=rec)
-            for t in range(T):
-                np.matmul(dz[t], Wh.T, out=dh)
-            top = hs.reshape(T * B, H)
-            logits = top @ Wy
-            top.T @ logits, logits @ Wy.T, top.T @ dz.reshape(T * B, G * H)
+        for n_t in sizes:
+            N = sum(n_t)
+            hs, dz = hs_all[:N], dz_all[:N]
+            for n in n_t:
+                np.matmul(hs[:n], Wh, out=rec[:n])
+            for n in reversed(n_t):
+                np.matmul(dz[:n], WhT, out=dh[:n])
+            logits = hs @ Wy
+            hs.T @ logits, logits @ Wy.T, hs.T @ dz
         rates.append(chars / (time.perf_counter() - t0))
     return statistics.median(rates)
 
@@ -195,6 +199,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="three points only")
+    ap.add_argument("--points", help="only these points, e.g. lstm:256:32,gru:64:128 (float32)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
@@ -208,6 +213,8 @@ def main():
               for b in (1, 32, 128)] + [("lstm", 256, 32, "float64")]
     if args.quick:
         points = [("rnn", 64, 32, "float32"), ("lstm", 256, 32, "float32"), ("gru", 64, 1, "float32")]
+    if args.points:
+        points = [(c, int(h), int(b), "float32") for c, h, b in (p.split(":") for p in args.points.split(","))]
     rate = {dt: matmul_rate(dt) for dt in ("float32", "float64")}
     print(f"NumPy BLAS matmul rate: float32 {rate['float32'] / 1e9:.1f} GFLOP/s, "
           f"float64 {rate['float64'] / 1e9:.1f} GFLOP/s ({THREADS} threads)", flush=True)

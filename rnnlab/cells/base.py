@@ -1,14 +1,18 @@
-"""What every cell shares: the input projection of all time steps at once, masks, initial weights.
+"""What every cell shares: the packed layout of a batch, the input projection of all steps at once,
+initial weights, and the padded interface built on the packed one.
 
-Shapes (time-major): ``x`` is ``(T, B)`` integer ids (one-hot input: the projection is a row gather) or
-``(T, B, D)`` floats; ``mask`` is ``(T, B)`` with 1 for real steps and 0 for padding at the end of a
-sequence. A padded step carries the state through unchanged (its output repeats the last real state),
-so the final state of a batch is each sequence's last real state (see ``Padding``).
+**Packed batches.** The B sequences of a batch are ordered longest first and laid out step by step
+without padding, as PyTorch's ``PackedSequence`` does: step t holds the ``n_t`` sequences still running,
+rows ``offsets[t] … offsets[t] + n_t`` of an ``(N, …)`` array (N = the number of real steps), always in
+the same order, so the sequences running at step t are a prefix of those of step t − 1. A step's matrix
+product and element-wise work touch only its ``n_t`` rows; the input projection, the weight gradients and
+the output layer are one product over the N rows. See ``Packing``.
 
-The backward passes compute every factor that does not depend on the incoming gradient (the
-derivatives of the activations, the products with the saved gates) for all steps at once, in bulk,
-before the loop over time; the loop itself is a handful of in-place products and one matrix product
-per step.
+A cell implements ``forward_packed`` and ``backward_packed`` on that layout; ``Cell.forward`` and
+``Cell.backward`` offer the same computation for time-major padded batches — ``x`` (T, B) ids or
+(T, B, D) floats, ``mask`` (T, B) of 1s then 0s per column — whose padded outputs repeat each sequence's
+final state (and pass their gradient to it).
+
 A cell with ``G`` gates has parameters ``Wx (D, G*H)``, ``Wh (H, G*H)``, ``b (G*H,)`` (plus any of its
 own), gates fused along the last axis.
 """
@@ -21,21 +25,108 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class Packing:
+    """The packed layout of sequences of ``lengths`` (non-increasing: longest first).
+
+    ``steps[t] = (offset, n)``: the rows of step t. A cell keeps its states in an array of B + N rows,
+    the B initial states first; ``prev`` (N,) gives, for each packed row, the row of that array holding
+    the sequence's previous state, and ``last`` (B,) the row holding each sequence's final state (its
+    initial state if it is empty).
+    """
+
+    def __init__(self, lengths):
+        lengths = np.asarray(lengths, np.int64)
+        if lengths.ndim != 1 or (lengths < 0).any() or (np.diff(lengths) > 0).any():
+            raise ValueError(f"packed lengths must be non-negative and non-increasing, got {lengths}")
+        self.lengths = lengths
+        self.B = B = len(lengths)
+        self.T = T = int(lengths[0]) if B else 0
+        self.batch_sizes = sizes = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.N = int(offsets[-1])
+        self.steps = [(int(o), int(n)) for o, n in zip(offsets[:-1], sizes)]
+        self.full = bool(B) and int(lengths[-1]) == T      # no sequence ends early
+        step = np.repeat(np.arange(T), sizes)                # the step of each packed row
+        seq = np.arange(self.N) - offsets[step]              # its sequence
+        self.step_of, self.seq_of = step, seq
+        self.prev = np.where(step == 0, seq, B + offsets[np.maximum(step - 1, 0)] + seq)
+        self.last = np.where(lengths > 0, B + offsets[np.maximum(lengths - 1, 0)] + np.arange(B), np.arange(B))
+
+    @classmethod
+    def full_batch(cls, T: int, B: int) -> "Packing":
+        return cls(np.full(B, T))
+
+    def previous(self, states):
+        """The state each packed row started from: ``states`` (B + N, H) → (N, H) (a view when full)."""
+        return states[:self.N] if self.full else np.take(states, self.prev, axis=0)
+
+
+class Layout:
+    """How a padded time-major (T, B) batch maps onto its packed form: the columns sorted by length
+    (a stable sort, longest first) and their real steps gathered into rows.
+
+    ``pack`` (T, B, …) → (N, …); ``unpack`` the reverse (padding filled); ``sort``/``unsort`` put the
+    rows of a (B, …) state into packed order and back.
+    """
+
+    def __init__(self, mask, T: int, B: int):
+        if mask is None:
+            lengths = np.full(B, T)
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != (T, B):
+                raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
+            real = mask != 0
+            lengths = real.sum(axis=0)
+            wrong = np.nonzero((real != (np.arange(T)[:, None] < lengths)).any(axis=0))[0]
+            if wrong.size:
+                raise ValueError(f"mask column {int(wrong[0])} is not padding at the end of a sequence: "
+                                 f"each column must be 1 for the sequence's steps, then 0")
+        self.T, self.B = T, B
+        self.sorted = bool((np.diff(lengths) <= 0).all())
+        self.order = np.arange(B) if self.sorted else np.argsort(-lengths, kind="stable")
+        self.packing = pk = Packing(lengths[self.order])
+        self.dense = pk.full and pk.T == T and self.sorted   # packed = padded, reshaped
+        self.rows = (pk.step_of, self.order[pk.seq_of])       # (t, column) of each packed row
+
+    def pack(self, a):
+        """(T, B, …) → (N, …)."""
+        a = np.asarray(a)
+        return a.reshape(self.T * self.B, *a.shape[2:]) if self.dense else a[self.rows]
+
+    def unpack(self, packed, fill=None):
+        """(N, …) → (T, B, …); padded steps hold ``fill`` (B, …) of their column, or zeros."""
+        if self.dense:
+            return packed.reshape(self.T, self.B, *packed.shape[1:])
+        out = np.zeros((self.T, self.B) + packed.shape[1:], packed.dtype)
+        if fill is not None:
+            out[:] = fill
+        out[self.rows] = packed
+        return out
+
+    def padded(self):
+        """(T, B) booleans: True at padded steps."""
+        out = np.ones((self.T, self.B), bool)
+        out[self.rows] = False
+        return out
+
+    def sort(self, state):
+        """A (B, …) state (or tuple of them) in packed order."""
+        if state is None or self.sorted:
+            return state
+        return tuple(s[self.order] for s in state) if isinstance(state, tuple) else state[self.order]
+
+    def unsort(self, state):
+        if state is None or self.sorted:
+            return state
+        inverse = np.empty_like(self.order)
+        inverse[self.order] = np.arange(self.B)
+        return tuple(s[inverse] for s in state) if isinstance(state, tuple) else state[inverse]
+
+
 class Cell:
     """Base class of the cells: subclasses set ``gates`` and ``state_size`` and implement
-    ``forward``, ``backward`` and ``step``."""
-
-    def workspace(self, name: str, shape, dtype):
-        """A scratch array kept by the cell between calls (for buffers internal to one call, such as
-        the gradients of the gates in ``backward``): reusing it spares allocating and first-touching
-        megabytes of fresh memory at every batch. Its contents are undefined. Each thread has its own
-        (the model may run shards of a batch in parallel threads through the same cell)."""
-        store = self.__dict__.setdefault("_workspace", {}).setdefault(threading.get_ident(), {})
-        size = int(np.prod(shape))
-        buf = store.get((name, np.dtype(dtype).str))
-        if buf is None or buf.size < size:
-            buf = store[(name, np.dtype(dtype).str)] = np.empty(size, dtype)
-        return buf[:size].reshape(shape)
+    ``forward_packed``, ``backward_packed``, ``internals_packed`` and ``step``."""
 
     @dataclass
     class Config:
@@ -65,129 +156,141 @@ class Cell:
         """The initial state: a tuple of ``state_size`` zero arrays of shape (B, H)."""
         return tuple(np.zeros((batch, hidden_size), dtype) for _ in range(self.state_size))
 
-    def __repr__(self):
-        return f"{type(self).__name__}()"
+    def workspace(self, name: str, shape, dtype):
+        """A scratch array kept by the cell between calls, for buffers internal to one call: reusing it
+        spares allocating and first-touching fresh memory at every batch. Its contents are undefined.
+        Each thread has its own (the model may run shards of a batch in parallel threads)."""
+        store = self.__dict__.setdefault("_workspace", {}).setdefault(threading.get_ident(), {})
+        size = int(np.prod(shape))
+        buf = store.get((name, np.dtype(dtype).str))
+        if buf is None or buf.size < size:
+            buf = store[(name, np.dtype(dtype).str)] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+    # ----------------------------------------------------------------------- the padded interface
+    def forward(self, x, state0, params, mask=None):
+        """x: (T, B) ids or (T, B, D); state0: tuple of (B, H); mask: (T, B) or None.
+
+        Returns ((hs (T, B, H), final state), cache); padded outputs repeat the final h.
+        """
+        T, B = x.shape[:2]
+        lay = Layout(mask, T, B)
+        (hs, final), cache = self.forward_packed(lay.pack(x), lay.sort(state0), params, lay.packing)
+        final = lay.unsort(final)
+        return (lay.unpack(hs, fill=final[0]), final), (cache, lay)
+
+    def backward(self, dhs, cache, dstate=None, dh_steps=None):
+        """dhs: (T, B, H); dstate: gradient of the final state (tuple of (B, H)) or None; dh_steps:
+        None, or a (T, B, H) array filled with the whole gradient reaching each step's output h_t.
+
+        Returns (grads, (dx (T, B, D) or None, dstate0)).
+        """
+        cache, lay = cache
+        if not lay.dense:    # a padded output is a copy of the final h: its gradient goes there
+            into_final = np.where(lay.padded()[..., None], dhs, 0).sum(axis=0)
+            if into_final.any() or dstate is not None:
+                dstate = list(dstate) if dstate is not None else [np.zeros_like(into_final)
+                                                                  for _ in range(self.state_size)]
+                dstate[0] = dstate[0] + into_final
+                dstate = tuple(dstate)
+        steps = None if dh_steps is None else np.empty((lay.packing.N, dhs.shape[2]), dhs.dtype)
+        grads, (dx, dstate0) = self.backward_packed(lay.pack(dhs), cache, lay.sort(dstate), dh_steps=steps)
+        if dh_steps is not None:
+            dh_steps[...] = lay.unpack(steps)
+        return grads, (None if dx is None else lay.unpack(dx), lay.unsort(dstate0))
+
+    def internals(self, cache):
+        """What a padded forward pass computed inside: names → (T, B, H) arrays (see ``internals_packed``)."""
+        cache, lay = cache
+        return {k: lay.unpack(v) for k, v in self.internals_packed(cache).items()}
 
 
-def project_inputs(x, Wx, b):
-    """All input projections in one go: ``x @ Wx + b`` as ``(T, B, G*H)``.
+# --------------------------------------------------------------------------- shared building blocks
+# Inside a batch the cells keep their gates gate-major, (G, N, H): each gate of a step is one contiguous
+# (n, H) block, and NumPy's element-wise loops run several times faster on contiguous blocks than on the
+# column slices of (n, G*H) rows. The parameters keep the fused (…, G*H) layout.
 
-    Integer ``x`` (T, B) is a one-hot input, so its projection is a row gather ``Wx[x]``.
-    """
+def gate_major(W, G: int):
+    """A (D, G*H) weight as a contiguous (G, D, H) copy: ``gate_major(W, G)[k] = W[:, k*H:(k+1)*H]``."""
+    D, GH = W.shape
+    return np.ascontiguousarray(W.reshape(D, G, GH // G).transpose(1, 0, 2))
+
+
+def as_gates(a, G: int):
+    """A (D, G*H) array viewed as (G, D, H) (a view: writing to it writes ``a``)."""
+    D, GH = a.shape
+    return a.reshape(D, G, GH // G).transpose(1, 0, 2)
+
+
+def project_inputs(x, Wx, b, G: int, scale=None):
+    """All input projections in one go, gate-major: ``(x @ Wx + b) * scale`` as (G, N, H) (scale: None
+    or (G*H,)). Integer ``x`` (N,) is a one-hot input, so its projection is a row gather of ``Wx``."""
+    if scale is not None:
+        Wx, b = Wx * scale, b * scale
+    Wg = gate_major(Wx, G)
+    z = np.take(Wg, x, axis=1) if np.issubdtype(x.dtype, np.integer) else np.matmul(x, Wg)
+    z += b.reshape(G, 1, -1)
+    return z
+
+
+def project_inputs_backward(x, dz, Wx, out=None):
+    """Gradients of ``project_inputs`` (without scale) from dz (G, N, H): ``(dWx, db, dx)``. For integer
+    ``x`` the gradient is scattered back into rows and ``dx`` is None. ``out``: None, or a dict whose
+    "Wx" and "b" arrays receive dWx and db."""
+    G, N, H = dz.shape
+    dWx = np.empty(Wx.shape, dz.dtype) if out is None else out["Wx"]
+    db = np.empty(G * H, dz.dtype) if out is None else out["b"]
+    np.sum(dz, axis=1, out=db.reshape(G, H))
     if np.issubdtype(x.dtype, np.integer):
-        xp = np.take(Wx, x, axis=0)  # a row gather (np.take is several times faster than Wx[x])
-    else:
-        T, B, D = x.shape
-        xp = (x.reshape(T * B, D) @ Wx).reshape(T, B, -1)
-    xp += b
-    return xp
+        np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=as_gates(dWx, G))
+        return dWx, db, None
+    np.matmul(x.T, dz, out=as_gates(dWx, G))
+    return dWx, db, np.matmul(dz, gate_major(Wx, G).transpose(0, 2, 1)).sum(axis=0)
 
 
-def project_inputs_backward(x, dxp, Wx):
-    """Gradients of ``project_inputs``: returns (dWx, db, dx), each weight gradient one large product.
-
-    dxp: (T, B, G*H). For integer ``x`` the gradient is scattered back into rows and ``dx`` is None.
-    """
-    T, B, GH = dxp.shape
-    flat = dxp.reshape(T * B, GH)
-    db = flat.sum(axis=0)
-    if np.issubdtype(x.dtype, np.integer):
-        return scatter_rows(x, dxp, Wx.shape[0]), db, None
-    xf = x.reshape(T * B, -1)
-    return xf.T @ flat, db, (flat @ Wx.T).reshape(x.shape)
+def onehot(ids, n: int, dtype):
+    """(N, n) rows of zeros with a 1 at each id."""
+    ids = np.asarray(ids).reshape(-1)
+    out = np.zeros((ids.size, n), dtype)
+    out[np.arange(ids.size), ids] = 1
+    return out
 
 
-def scatter_rows(ids, rows, n):
+def scatter_rows(ids, rows, n, out=None):
     """The gradient of a row gather ``W[ids]`` (W with ``n`` rows): the rows (…, D) added into the
     rows of W they came from, as one product onehot(ids)ᵀ (n, N) @ rows (N, D)."""
     flat = rows.reshape(-1, rows.shape[-1])
-    onehot = np.zeros((flat.shape[0], n), flat.dtype)
-    onehot[np.arange(flat.shape[0]), np.asarray(ids).reshape(-1)] = 1
-    return onehot.T @ flat
+    return np.matmul(onehot(ids, n, flat.dtype).T, flat, out=out)
 
 
-class Padding:
-    """Sequences padded at their end, given by a (T, B) mask of 1s then 0s in each column.
-
-    The recurrences run over the padded steps as well (their inputs are real ids or numbers, so the
-    values stay finite), and this class makes the result what it would be without them: each
-    column's final state is its state after its last real step, its outputs at padded steps repeat
-    that state, and in the backward pass no gradient reaches a padded step — what the padded outputs
-    and the final state receive goes to the last real step. Done in bulk, once per batch, it keeps the
-    mask out of the per-step loops.
-    """
-
-    def __init__(self, mask, T, B, dtype):
-        mask = np.asarray(mask)
-        if mask.shape != (T, B):
-            raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
-        real = mask != 0
-        self.lengths = real.sum(axis=0)
-        wrong = np.nonzero((real != (np.arange(T)[:, None] < self.lengths)).any(axis=0))[0]
-        if wrong.size:
-            raise ValueError(f"mask column {int(wrong[0])} is not padding at the end of a sequence: "
-                             f"each column must be 1 for the sequence's steps, then 0")
-        self.B = B
-        self.real = real[:, :, None]
-        self.valid = self.real.astype(dtype)
-
-    @classmethod
-    def of(cls, mask, T, B, dtype):
-        """A ``Padding`` for ``mask``, or None when there is no mask or nothing is padded."""
-        if mask is None:
-            return None
-        pad = cls(mask, T, B, dtype)
-        return None if pad.lengths.min() == T else pad
-
-    def final(self, seq):
-        """The state after each column's last real step, from ``seq`` (T + 1, B, H) = (initial, steps…)."""
-        return seq[self.lengths, np.arange(self.B)]
-
-    def outputs(self, hs):
-        """The outputs (T, B, H) from ``hs`` (T + 1, B, H): padded steps repeat the final state."""
-        return np.where(self.real, hs[1:], self.final(hs)[None])
+def grad_buffer(out, name, shape, dtype):
+    """Where a gradient goes: ``out[name]`` if given (a view into a flat buffer), else a new array."""
+    return np.empty(shape, dtype) if out is None else out[name]
 
 
-def end_gradients(pad, dhs, dstate, state_size, T):
-    """Where the gradients of the final state (and of padded outputs) enter the backward loop.
-
-    Returns ``(dhs, ends, start)``: the output gradients to use at each step (zero at padded steps),
-    ``ends = {t: (columns, rows per state array)}``, the gradient to add to the state arrays at step
-    ``t`` for the sequences whose last real step is ``t``, and ``start = (columns, rows)`` for empty
-    sequences, whose gradient goes straight to the initial state (or None).
-    """
-    if pad is None:
-        return dhs, ({T - 1: (slice(None), tuple(dstate))} if dstate is not None else {}), None
-    g = [np.zeros((pad.B, dhs.shape[2]), dhs.dtype) for _ in range(state_size)]
-    if dstate is not None:
-        for gi, di in zip(g, dstate):
-            gi += di
-    g[0] += (dhs * (1 - pad.valid)).sum(axis=0)    # padded outputs are copies of the final h
-    dhs = dhs * pad.valid
-    if not any(gi.any() for gi in g):
-        return dhs, {}, None
-    ends, last = {}, pad.lengths - 1
-    for t in np.unique(last):
-        cols = np.nonzero(last == t)[0]
-        if t >= 0:
-            ends[int(t)] = (cols, tuple(gi[cols] for gi in g))
-    empty = np.nonzero(last < 0)[0]
-    return dhs, ends, ((empty, tuple(gi[empty] for gi in g)) if empty.size else None)
+def final_states(arrays, pk: Packing):
+    """Each sequence's final state from state arrays of B + N rows (initial ones first)."""
+    return tuple(np.take(a, pk.last, axis=0) for a in arrays)
 
 
-def add_rows(arrays, where):
-    """``arrays[k][cols] += rows[k]`` for ``where = (cols, rows)`` (nothing if None)."""
-    if where is not None:
-        cols, rows = where
-        for a, r in zip(arrays, rows):
-            a[cols] += r
+def half_scale(gates: int, sigmoid_gates: int, H: int, dtype):
+    """(G*H,) factors: 0.5 on the first ``sigmoid_gates`` blocks, 1 on the rest. Pre-activations scaled
+    so make one ``tanh`` call activate every gate at once: sigmoid(z) = 0.5 + 0.5 tanh(z / 2)."""
+    scale = np.ones(gates * H, dtype)
+    scale[:sigmoid_gates * H] = 0.5
+    return scale
+
+
+def tanh_to_sigmoid(t):
+    """In place: tanh(z / 2) → sigmoid(z) = 0.5 + 0.5 tanh(z / 2)."""
+    t *= 0.5
+    t += 0.5
 
 
 def sigmoid(x, out=None):
-    """The logistic function 1 / (1 + exp(-x)), in four in-place passes. ``exp(-x)`` overflows to inf
-    for very negative x, which gives the exact limit 0 (the overflow warning is silenced). Unlike
-    0.5 * (1 + tanh(x / 2)), it keeps its relative precision in the negative tail (that form rounds
-    sigmoid(-30) to 0 in float32); measured on this project's machine, both forms cost the same."""
+    """The logistic function 1 / (1 + exp(-x)) (sampling's one-step form). ``exp(-x)`` overflows to
+    inf for very negative x, which gives the exact limit 0 (the overflow warning is silenced); it keeps
+    its relative precision in the negative tail, where 0.5 * (1 + tanh(x / 2)) cancels."""
     out = np.negative(x, out=out)
     with np.errstate(over="ignore"):
         np.exp(out, out=out)

@@ -3,6 +3,10 @@
     r, u = sigmoid(x Wx_r + h Wh_r + b_r,  x Wx_u + h Wh_u + b_u)
     n = tanh(x Wx_n + b_n + r * (h Wh_n + bh))
     h_t = (1 - u) * n + u * h_{t-1}
+
+The forward pass computes z/2 for r and u (the weights' columns scaled by 0.5, once per batch), so that
+one ``tanh`` call activates both gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major,
+(3, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, Padding, add_rows, end_gradients, project_inputs, project_inputs_backward,
-                   project_step, sigmoid)
+from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
+                   project_inputs_backward, project_step, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("gru")
@@ -25,96 +29,97 @@ class GRU(Cell):
         params["bh"] = np.zeros(hidden_size, dtype)
         return params
 
-    def forward(self, x, state0, params, mask=None):
-        """x: (T, B) ids or (T, B, D); state0: (h0,) with h0 (B, H); mask: (T, B) or None.
+    def forward_packed(self, x, state0, params, pk):
+        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``.
 
-        Returns ((hs (T, B, H), (h_T,)), cache).
+        Returns ((hs (N, H), (h_final,)), cache).
         """
-        Wh, bh = params["Wh"], params["bh"]
-        gates = project_inputs(x, params["Wx"], params["b"])  # (T, B, 3H) → r, u, n in place
-        T, B, H3 = gates.shape
-        H = H3 // 3
-        pad = Padding.of(mask, T, B, gates.dtype)
-        hs = np.empty((T + 1, B, H), gates.dtype)
-        hn = np.empty((T, B, H), gates.dtype)  # h Wh_n + bh, needed by the backward pass
-        hw = np.empty((B, H3), gates.dtype)
-        rn = np.empty((B, H), gates.dtype)
-        hs[0] = state0[0]
-        for t in range(T):
-            z, h = gates[t], hs[t]
-            np.matmul(h, Wh, out=hw)
-            z[:, :2 * H] += hw[:, :2 * H]
-            sigmoid(z[:, :2 * H], out=z[:, :2 * H])
-            np.add(hw[:, 2 * H:], bh, out=hn[t])
-            r, u, n = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
-            np.multiply(r, hn[t], out=rn)
-            n += rn
-            np.tanh(n, out=n)
-            new = hs[t + 1]
-            np.subtract(h, n, out=new)  # h_t = n + u * (h - n)
-            new *= u
-            new += n
-        cache = (x, gates, hs, hn, pad, params)
-        if pad is None:
-            return (hs[1:], (hs[T],)), cache
-        return (pad.outputs(hs), (pad.final(hs),)), cache
+        H, bh = params["Wh"].shape[0], params["bh"]
+        scale = half_scale(3, 2, H, params["Wh"].dtype)
+        Wh = gate_major(params["Wh"] * scale, 3)                        # (3, H, H)
+        z = project_inputs(x, params["Wx"], params["b"], 3, scale)      # (3, N, H) → r, u, n in place
+        r_, u, cand = z
+        B, dt = pk.B, z.dtype
+        hs = np.empty((B + pk.N, H), dt)
+        hs[:B] = state0[0]
+        hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
+        hw = np.empty((3, B, H), dt)
+        rn = np.empty((B, H), dt)
+        p = 0
+        for s, n in pk.steps:
+            h, r, e = hs[p:p + n], B + s, s + n
+            np.matmul(h, Wh, out=hw[:, :n])
+            ru = z[:2, s:e]
+            ru += hw[:2, :n]
+            np.tanh(ru, out=ru)
+            tanh_to_sigmoid(ru)
+            np.add(hw[2, :n], bh, out=hn[s:e])
+            np.multiply(r_[s:e], hn[s:e], out=rn[:n])
+            c = cand[s:e]
+            c += rn[:n]
+            np.tanh(c, out=c)
+            new = hs[r:r + n]
+            np.subtract(h, c, out=new)  # h_t = n + u * (h - n)
+            new *= u[s:e]
+            new += c
+            p = r
+        cache = (x, z, hs, hn, params, pk)
+        return (hs[B:], final_states((hs,), pk)), cache
 
-    def internals(self, cache):
-        """The values of a forward pass at every step, each (T, B, H): h and the gates r, u, n."""
-        x, gates, hs, hn, pad, params = cache
-        H = hs.shape[2]
-        return {"h": hs[1:], **{k: gates[..., j * H:(j + 1) * H] for j, k in enumerate("run")}}
+    def internals_packed(self, cache):
+        """The values of a forward pass at every packed row, each (N, H): h and the gates r, u, n."""
+        x, z, hs, hn, params, pk = cache
+        return {"h": hs[pk.B:], **dict(zip("run", z))}
 
-    def backward(self, dhs, cache, dstate=None, dh_steps=None):
-        """dhs: (T, B, H); dstate: (dh_T,) or None; dh_steps: None, or a (T, B, H) array filled with
-        the whole gradient reaching each step's output h_t (from the loss and from later steps).
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+        """dhs: (N, H); dstate: (dh,) of the final state or None; out: None or a dict receiving the
+        gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t.
 
-        Returns (grads {"Wx", "Wh", "b", "bh"}, (dx or None, (dh0,))).
+        Returns (grads {"Wx", "Wh", "b", "bh"}, (dx (N, D) or None, (dh0,))).
         """
-        x, gates, hs, hn, pad, params = cache
-        WhT = params["Wh"].T
-        T, B, H3 = gates.shape
-        H = H3 // 3
-        dt = gates.dtype
-        dhs, ends, start = end_gradients(pad, dhs, dstate, 1, T)
-        r, u, n = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
-        # For all steps at once, the factors that do not depend on the incoming gradient:
+        x, z, hs, hn, params, pk = cache
+        WhT = gate_major(params["Wh"], 3).transpose(0, 2, 1).copy()    # (3, H, H): Wh's gate blocks, transposed
+        B, dt = pk.B, z.dtype
+        H = hn.shape[1]
+        r, u, n_ = z
+        hprev = pk.previous(hs)
+        # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dn = dh (1-u)(1-n²),  du = dh (h_{t-1} - n) u (1-u),  dr = dn hn r (1-r)
-        # built in the gradient buffer dxp and multiplied in place at each step.
-        dxp = self.workspace("dxp", gates.shape, dt)   # gradients of the input-side pre-activations
-        dhw = self.workspace("dhw", gates.shape, dt)   # gradients of h Wh (+ bh)
-        fr, fu, fn = dxp[..., :H], dxp[..., H:2 * H], dxp[..., 2 * H:]
+        # built in the gradient buffer dxp (3, N, H) and multiplied in place at each step.
+        dxp = self.workspace("dxp", z.shape, dt)   # gradients of the input-side pre-activations
+        dhw = self.workspace("dhw", z.shape, dt)   # gradients of h Wh (+ bh)
+        fr, fu, fn = dxp
         np.subtract(1, r, out=fr)
         fr *= r
         fr *= hn
         np.subtract(1, u, out=fu)
         fu *= u
-        np.multiply(n, n, out=fn)
+        fu *= hprev - n_
+        np.multiply(n_, n_, out=fn)
         np.subtract(1, fn, out=fn)
         fn *= 1 - u
-        tmp = hs[:-1] - n
-        fu *= tmp
-        dh = np.zeros((B, H), dt)
-        direct = np.empty((B, H), dt)
-        for t in reversed(range(T)):
-            dh += dhs[t]
-            add_rows((dh,), ends.get(t))
+        # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
+        dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
+        dh_next = dh.copy()
+        back = np.empty((3, B, H), dt)
+        for s, n in reversed(pk.steps):
+            dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw[:, s:s + n], s + n
+            dht += dhs[s:e]
             if dh_steps is not None:
-                dh_steps[t] = dh
-            d, dw = dxp[t], dhw[t]
-            gates3 = d.reshape(B, 3, H)                   # a view of the contiguous (B, 3H) row
-            gates3[:, 1:] *= dh[:, None]                  # du, dn
-            gates3[:, 0] *= gates3[:, 2]                  # dr = dn * hn r (1 - r)
-            dw[:, :2 * H] = d[:, :2 * H]
-            np.multiply(d[:, 2 * H:], r[t], out=dw[:, 2 * H:])
-            np.multiply(dh, u[t], out=direct)
-            np.matmul(dw, WhT, out=dh)
-            dh += direct
-        add_rows((dh,), start)
-        flat_w = dhw.reshape(T * B, H3)
-        dWh = hs[:-1].reshape(T * B, H).T @ flat_w
-        dbh = flat_w[:, 2 * H:].sum(axis=0)
-        dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"])
+                dh_steps[s:e] = dht
+            d[1:] *= dht                                  # du, dn
+            d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
+            dw[:2] = d[:2]
+            np.multiply(d[2], r[s:e], out=dw[2])
+            np.matmul(dw, WhT, out=back[:, :n])           # dhw_t Whᵀ, gate by gate …
+            np.sum(back[:, :n], axis=0, out=dh_next[:n])  # … summed
+            np.multiply(dht, u[s:e], out=back[0, :n])     # + the direct path u * dh
+            dh_next[:n] += back[0, :n]
+            dh, dh_next = dh_next, dh
+        dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
+        np.matmul(hprev.T, dhw, out=as_gates(dWh, 3))
+        dbh = np.sum(dhw[2], axis=0, out=None if out is None else out["bh"])
+        dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,))
 
     def step(self, x_t, state, params):

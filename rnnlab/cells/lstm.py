@@ -1,8 +1,11 @@
-"""The LSTM cell, gates fused in the order input, forget, output, cell candidate (i, f, o, g), so that
-one sigmoid covers the first three blocks.
+"""The LSTM cell, gates fused in the order input, forget, output, cell candidate (i, f, o, g).
 
     z = x_t Wx + h_{t-1} Wh + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
     c_t = f * c_{t-1} + i * g;     h_t = o * tanh(c_t)
+
+The forward pass computes z/2 for i, f, o (the weights' columns scaled by 0.5, once per batch), so that
+one ``tanh`` call activates all four gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept
+gate-major, (4, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -10,14 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, Padding, add_rows, end_gradients, project_inputs, project_inputs_backward,
-                   project_step, sigmoid)
-
-
-def _activate(z, H):
-    """In place: sigmoid on the i, f, o blocks of z (B, 4H), tanh on the g block."""
-    sigmoid(z[:, :3 * H], out=z[:, :3 * H])
-    np.tanh(z[:, 3 * H:], out=z[:, 3 * H:])
+from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
+                   project_inputs_backward, project_step, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("lstm")
@@ -31,98 +28,96 @@ class LSTM(Cell):
         params["b"][hidden_size: 2 * hidden_size] = 1
         return params
 
-    def forward(self, x, state0, params, mask=None):
-        """x: (T, B) ids or (T, B, D); state0: (h0, c0), each (B, H); mask: (T, B) or None.
+    def forward_packed(self, x, state0, params, pk):
+        """x: (N,) ids or (N, D); state0: (h0, c0), each (B, H); pk: the batch's ``Packing``.
 
-        Returns ((hs (T, B, H), (h_T, c_T)), cache).
+        Returns ((hs (N, H), (h_final, c_final)), cache).
         """
-        Wh = params["Wh"]
-        gates = project_inputs(x, params["Wx"], params["b"])  # (T, B, 4H), activated in place
-        T, B, H4 = gates.shape
-        H = H4 // 4
-        pad = Padding.of(mask, T, B, gates.dtype)
-        hs = np.empty((T + 1, B, H), gates.dtype)
-        cs = np.empty((T + 1, B, H), gates.dtype)
-        tanh_c = np.empty((T, B, H), gates.dtype)
-        rec = np.empty((B, H4), gates.dtype)   # h_{t-1} Wh, reused every step
-        ig = np.empty((B, H), gates.dtype)
-        hs[0], cs[0] = state0
-        for t in range(T):
-            z = gates[t]
-            np.matmul(hs[t], Wh, out=rec)
-            z += rec
-            _activate(z, H)
-            i, f, o, g = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-            c = cs[t + 1]
-            np.multiply(f, cs[t], out=c)
-            np.multiply(i, g, out=ig)
-            c += ig
-            np.tanh(c, out=tanh_c[t])
-            np.multiply(o, tanh_c[t], out=hs[t + 1])
-        cache = (x, gates, hs, cs, tanh_c, pad, params)
-        if pad is None:
-            return (hs[1:], (hs[T], cs[T])), cache
-        return (pad.outputs(hs), (pad.final(hs), pad.final(cs))), cache
+        H = params["Wh"].shape[0]
+        scale = half_scale(4, 3, H, params["Wh"].dtype)
+        Wh = gate_major(params["Wh"] * scale, 4)                        # (4, H, H)
+        z = project_inputs(x, params["Wx"], params["b"], 4, scale)      # (4, N, H), activated in place
+        i, f, o, g = z
+        B, dt = pk.B, z.dtype
+        hs, cs = np.empty((B + pk.N, H), dt), np.empty((B + pk.N, H), dt)   # initial states, then steps
+        hs[:B], cs[:B] = state0
+        tanh_c = np.empty((pk.N, H), dt)
+        rec = np.empty((4, B, H), dt)
+        ig = np.empty((B, H), dt)
+        p = 0                                    # first row of the previous step's states
+        for s, n in pk.steps:
+            zt, r, e = z[:, s:s + n], B + s, s + n
+            np.matmul(hs[p:p + n], Wh, out=rec[:, :n])
+            zt += rec[:, :n]
+            np.tanh(zt, out=zt)
+            tanh_to_sigmoid(zt[:3])
+            c = cs[r:r + n]
+            np.multiply(f[s:e], cs[p:p + n], out=c)
+            np.multiply(i[s:e], g[s:e], out=ig[:n])
+            c += ig[:n]
+            np.tanh(c, out=tanh_c[s:e])
+            np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n])
+            p = r
+        cache = (x, z, hs, cs, tanh_c, params, pk)
+        return (hs[B:], final_states((hs, cs), pk)), cache
 
-    def internals(self, cache):
-        """The values of a forward pass at every step, each (T, B, H): h, c and the gates i, f, o, g."""
-        x, gates, hs, cs, tanh_c, pad, params = cache
-        H = hs.shape[2]
-        return {"h": hs[1:], "c": cs[1:], **{k: gates[..., j * H:(j + 1) * H] for j, k in enumerate("ifog")}}
+    def internals_packed(self, cache):
+        """The values of a forward pass at every packed row, each (N, H): h, c, the gates i, f, o, g."""
+        x, z, hs, cs, tanh_c, params, pk = cache
+        return {"h": hs[pk.B:], "c": cs[pk.B:], **dict(zip("ifog", z))}
 
-    def backward(self, dhs, cache, dstate=None, dh_steps=None):
-        """dhs: (T, B, H); dstate: (dh_T, dc_T) or None; dh_steps: None, or a (T, B, H) array filled
-        with the whole gradient reaching each step's output h_t (from the loss and from later steps).
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+        """dhs: (N, H); dstate: (dh, dc) of the final state, each (B, H), or None; out: None or a dict
+        receiving the gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t.
 
-        Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0, dc0))).
+        Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0, dc0))).
         """
-        x, gates, hs, cs, tanh_c, pad, params = cache
-        WhT = params["Wh"].T   # a transposed view: BLAS reads it as is
-        T, B, H4 = gates.shape
-        H = H4 // 4
-        dt = gates.dtype
-        dhs, ends, start = end_gradients(pad, dhs, dstate, 2, T)
-        i, f, o, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
-        # For all steps at once, the factors that do not depend on the incoming gradient:
+        x, z, hs, cs, tanh_c, params, pk = cache
+        WhT = gate_major(params["Wh"], 4).transpose(0, 2, 1).copy()    # (4, H, H): Wh's gate blocks, transposed
+        B, dt = pk.B, z.dtype
+        H = tanh_c.shape[1]
+        i, f, o, g = z
+        # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dc_t += dh_t * A_t,  A = o (1 - tanh²c)
         #   d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh c o(1-o), i (1-g²))
-        # Q is built in the gradient buffer dz and multiplied in place at each step.
+        # Q is built in the gradient buffer dz (4, N, H) and multiplied in place at each step.
         A = self.workspace("A", tanh_c.shape, dt)
         np.multiply(tanh_c, tanh_c, out=A)
         np.subtract(1, A, out=A)
         A *= o
-        dz = self.workspace("dz", gates.shape, dt)
-        sig = dz[..., :3 * H]
-        np.subtract(1, gates[..., :3 * H], out=sig)
-        sig *= gates[..., :3 * H]                      # s (1 - s) of i, f, o
-        dz[..., :H] *= g
-        dz[..., H:2 * H] *= cs[:-1]
-        dz[..., 2 * H:3 * H] *= tanh_c
-        dg = dz[..., 3 * H:]
-        np.multiply(g, g, out=dg)
-        np.subtract(1, dg, out=dg)
-        dg *= i
-        dh, dc = np.zeros((B, H), dt), np.zeros((B, H), dt)
+        dz = self.workspace("dz", z.shape, dt)
+        np.subtract(1, z[:3], out=dz[:3])
+        dz[:3] *= z[:3]                                # s (1 - s) of i, f, o
+        dz[0] *= g
+        dz[1] *= pk.previous(cs)
+        dz[2] *= tanh_c
+        np.multiply(g, g, out=dz[3])
+        np.subtract(1, dz[3], out=dz[3])
+        dz[3] *= i
+        # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
+        # last step, so until then they hold the gradient of its final state (see Packing).
+        dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
+        dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
+        dh_next = dh.copy()
         dct = np.empty((B, H), dt)
-        dh_rec = np.empty((B, H), dt)
-        for t in reversed(range(T)):
-            dh += dhs[t]
-            add_rows((dh, dc), ends.get(t))
+        back = np.empty((4, B, H), dt)
+        for s, n in reversed(pk.steps):
+            dht, dzt, e = dh[:n], dz[:, s:s + n], s + n
+            dht += dhs[s:e]
             if dh_steps is not None:
-                dh_steps[t] = dh
-            np.multiply(dh, A[t], out=dct)
-            dct += dc                                          # total gradient reaching c_t
-            d = dz[t]
-            gates4 = d.reshape(B, 4, H)                        # a view of the contiguous (B, 4H) row
-            gates4[:, :2] *= dct[:, None]                      # i, f
-            gates4[:, 2] *= dh                                 # o
-            gates4[:, 3] *= dct                                # g
-            np.multiply(dct, f[t], out=dc)                     # gradient reaching c_{t-1}
-            np.matmul(d, WhT, out=dh_rec)
-            dh, dh_rec = dh_rec, dh
-        add_rows((dh, dc), start)
-        dWh = hs[:-1].reshape(T * B, H).T @ dz.reshape(T * B, H4)
-        dWx, db, dx = project_inputs_backward(x, dz, params["Wx"])
+                dh_steps[s:e] = dht
+            np.multiply(dht, A[s:e], out=dct[:n])
+            dct[:n] += dc[:n]                                  # total gradient reaching c_t
+            dzt[:2] *= dct[:n]                                 # i, f
+            dzt[2] *= dht                                      # o
+            dzt[3] *= dct[:n]                                  # g
+            np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
+            np.matmul(dzt, WhT, out=back[:, :n])               # dz_t Whᵀ, gate by gate …
+            np.sum(back[:, :n], axis=0, out=dh_next[:n])       # … summed
+            dh, dh_next = dh_next, dh
+        dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
+        np.matmul(pk.previous(hs).T, dz, out=as_gates(dWh, 4))
+        dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc))
 
     def step(self, x_t, state, params):
@@ -131,6 +126,7 @@ class LSTM(Cell):
         xp = project_step(x_t, params["Wx"])
         z = xp + h @ params["Wh"] + params["b"]
         H = h.shape[1]
-        _activate(z, H)
+        sigmoid(z[:, :3 * H], out=z[:, :3 * H])
+        np.tanh(z[:, 3 * H:], out=z[:, 3 * H:])
         c = z[:, H:2 * H] * c + z[:, :H] * z[:, 3 * H:]
         return z[:, 2 * H:3 * H] * np.tanh(c), c

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, Padding, add_rows, end_gradients, project_inputs, project_inputs_backward,
-                   project_step)
+from .base import Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step
 
 
 @CELLS.register("rnn")
@@ -14,57 +13,57 @@ class RNN(Cell):
     gates = 1
     state_size = 1
 
-    def forward(self, x, state0, params, mask=None):
-        """x: (T, B) ids or (T, B, D); state0: (h0,) with h0 (B, H); mask: (T, B) or None.
+    def forward_packed(self, x, state0, params, pk):
+        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``.
 
-        Returns ((hs (T, B, H), (h_T,)), cache).
+        Returns ((hs (N, H), (h_final,)), cache).
         """
         Wh = params["Wh"]
-        xp = project_inputs(x, params["Wx"], params["b"])
-        T, B, H = xp.shape
-        pad = Padding.of(mask, T, B, xp.dtype)
-        hs = np.empty((T + 1, B, H), xp.dtype)
-        hs[0] = state0[0]
-        for t in range(T):
-            h = hs[t + 1]
-            np.matmul(hs[t], Wh, out=h)
-            h += xp[t]
+        xp = project_inputs(x, params["Wx"], params["b"], 1)[0]
+        B, H = pk.B, Wh.shape[0]
+        hs = np.empty((B + pk.N, H), xp.dtype)   # initial states, then one row per packed step
+        hs[:B] = state0[0]
+        p = 0
+        for o, n in pk.steps:
+            h = hs[B + o:B + o + n]
+            np.matmul(hs[p:p + n], Wh, out=h)
+            h += xp[o:o + n]
             np.tanh(h, out=h)
-        cache = (x, hs, pad, params)
-        if pad is None:
-            return (hs[1:], (hs[T],)), cache
-        return (pad.outputs(hs), (pad.final(hs),)), cache
+            p = B + o
+        cache = (x, hs, params, pk)
+        return (hs[B:], final_states((hs,), pk)), cache
 
-    def internals(self, cache):
-        """The values of a forward pass at every step: {"h": (T, B, H)}."""
-        return {"h": cache[1][1:]}
+    def internals_packed(self, cache):
+        """The values of a forward pass at every packed row: {"h": (N, H)}."""
+        hs, pk = cache[1], cache[3]
+        return {"h": hs[pk.B:]}
 
-    def backward(self, dhs, cache, dstate=None, dh_steps=None):
-        """dhs: (T, B, H) gradients of the outputs; dstate: (dh_T,) or None; dh_steps: None, or a
-        (T, B, H) array filled with the whole gradient reaching each step's output h_t.
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+        """dhs: (N, H) gradients of the outputs; dstate: (dh,) of the final state or None; out: None or
+        a dict receiving the gradients; dh_steps: None or (N, H), filled with the gradient reaching h_t.
 
-        Returns (grads {"Wx", "Wh", "b"}, (dx or None, (dh0,))).
+        Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0,))).
         """
-        x, hs, pad, params = cache
-        WhT = params["Wh"].T
-        T = hs.shape[0] - 1
-        B, H = hs.shape[1:]
-        dhs, ends, start = end_gradients(pad, dhs, dstate, 1, T)
-        dz = self.workspace("dz", (T, B, H), hs.dtype)
-        np.multiply(hs[1:], hs[1:], out=dz)     # tanh' = 1 - h², for all steps at once
+        x, hs, params, pk = cache
+        WhT = np.ascontiguousarray(params["Wh"].T)   # a copy: BLAS multiplies by it faster than by a view
+        B, H = pk.B, hs.shape[1]
+        dz = self.workspace("dz", (pk.N, H), hs.dtype)
+        np.multiply(hs[B:], hs[B:], out=dz)     # tanh' = 1 - h², for all rows at once
         np.subtract(1, dz, out=dz)
-        dh = np.zeros((B, H), hs.dtype)
-        for t in reversed(range(T)):
-            dh += dhs[t]
-            add_rows((dh,), ends.get(t))
+        # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
+        dh = np.zeros((B, H), hs.dtype) if dstate is None else np.array(dstate[0], hs.dtype)
+        dh_next = dh.copy()
+        for o, n in reversed(pk.steps):
+            dht, d = dh[:n], dz[o:o + n]
+            dht += dhs[o:o + n]
             if dh_steps is not None:
-                dh_steps[t] = dh
-            d = dz[t]
-            d *= dh
-            np.matmul(d, WhT, out=dh)
-        add_rows((dh,), start)
-        dWh = hs[:-1].reshape(T * B, H).T @ dz.reshape(T * B, H)
-        dWx, db, dx = project_inputs_backward(x, dz, params["Wx"])
+                dh_steps[o:o + n] = dht
+            d *= dht
+            np.matmul(d, WhT, out=dh_next[:n])
+            dh, dh_next = dh_next, dh
+        dWh = grad_buffer(out, "Wh", params["Wh"].shape, hs.dtype)
+        np.matmul(pk.previous(hs).T, dz, out=dWh)
+        dWx, db, dx = project_inputs_backward(x, dz[None], params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh,))
 
     def step(self, x_t, state, params):

@@ -1,0 +1,179 @@
+"""The packed engine: the layout itself, padded batches against each sequence run alone, column order,
+gradient checks with empty and one-step sequences in a stacked model, and the flat parameter buffers
+(optimizers and clipping on the whole vector give what they give array by array)."""
+
+import numpy as np
+import pytest
+
+from rnnlab.cells.base import Layout, Packing
+from rnnlab.clipping import NormClip, ValueClip, global_norm
+from rnnlab.flat import FlatParams
+from rnnlab.gradcheck import gradcheck
+from rnnlab.model import CharLM
+from rnnlab.registry import OPTIMIZERS
+
+V, H = 7, 5
+
+
+def test_packing_rows_previous_and_last():
+    pk = Packing([3, 3, 1, 0])
+    assert pk.T == 3 and pk.N == 7 and pk.B == 4
+    assert pk.steps == [(0, 3), (3, 2), (5, 2)]
+    # B + N state rows: 4 initial ones, then the packed rows of steps 0, 1, 2
+    np.testing.assert_array_equal(pk.prev, [0, 1, 2, 4, 5, 7, 8])
+    np.testing.assert_array_equal(pk.last, [4 + 5, 4 + 6, 4 + 2, 3])   # the empty one keeps its initial state
+    with pytest.raises(ValueError, match="non-increasing"):
+        Packing([1, 2])
+
+
+def test_layout_sorts_packs_and_unpacks():
+    mask = np.array([[1, 1, 1, 0], [0, 1, 1, 0], [0, 1, 0, 0]])      # lengths 1, 3, 2, 0
+    lay = Layout(mask, 3, 4)
+    np.testing.assert_array_equal(lay.order, [1, 2, 0, 3])
+    x = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(lay.pack(x), [1, 2, 0, 5, 6, 9])
+    back = lay.unpack(lay.pack(x))
+    np.testing.assert_array_equal(back, x * mask)
+    state = np.arange(4)[:, None] * np.ones((4, 2))
+    np.testing.assert_array_equal(lay.unsort(lay.sort(state)), state)
+    assert Layout(np.ones((3, 2)), 3, 2).dense
+
+
+def _model(cell, layers=2, **kw):
+    return CharLM(V, cell, H, layers, dtype=np.float64, **kw)
+
+
+def _perturbed(lm, rng):
+    params = lm.init_params(rng)
+    for k in params:
+        params[k] += rng.normal(0, 0.2, params[k].shape)
+    return params
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_padded_batch_equals_each_sequence_alone(cell, rng):
+    """Loss, gradients and final states of a batch with unsorted lengths (0 and 1 among them) equal
+    those of the sequences run one by one without padding — an independent check of the packing.
+    (``dstate`` is not divided by the batch, the loss's gradient is: alone, it is given times B.)"""
+    lm = _model(cell, reduction="sum")
+    params = _perturbed(lm, rng)
+    lengths = [4, 0, 6, 1, 6, 3]
+    T, B = 6, len(lengths)
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = (np.arange(T)[:, None] < np.array(lengths)).astype(float)
+    state0 = [tuple(rng.normal(0, 0.5, (B, H)) for _ in s) for s in lm.initial_state(B)]
+    dstate = [tuple(rng.normal(0, 0.5, (B, H)) for _ in s) for s in lm.initial_state(B)]
+    total, grads, final, dstate0 = lm.loss_and_grads(params, x, y, mask, state0, dstate, return_dstate0=True)
+    total *= mask.sum()
+    alone_total, alone_grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
+    for b, n in enumerate(lengths):
+        s0 = [tuple(a[b:b + 1] for a in layer) for layer in state0]
+        ds = [tuple(a[b:b + 1] * B for a in layer) for layer in dstate]   # alone, divided by B below
+        if n == 0:   # nothing to predict: the final state is the initial one, its gradient passes through
+            for layer0, layer_f, layer_d, layer_d0 in zip(state0, final, dstate, dstate0):
+                for a0, af, ad, ad0 in zip(layer0, layer_f, layer_d, layer_d0):
+                    np.testing.assert_array_equal(af[b], a0[b])
+                    np.testing.assert_array_equal(ad0[b], ad[b])
+            continue
+        loss, g, f, d0 = lm.loss_and_grads(params, x[:n, b:b + 1], y[:n, b:b + 1], None, s0, ds,
+                                           return_dstate0=True)
+        alone_total += loss * n
+        for k in g:
+            alone_grads[k] += g[k] / B       # "sum" reduction: gradients are of the summed loss / B
+        for layer_f, layer_d0, lf, ld0 in zip(final, dstate0, f, d0):
+            for af, ad0, a1, a2 in zip(layer_f, layer_d0, lf, ld0):
+                np.testing.assert_allclose(af[b], a1[0], rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(ad0[b], a2[0] / B, rtol=1e-10, atol=1e-14)
+    assert total == pytest.approx(alone_total, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], alone_grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_column_order_does_not_matter(cell, rng):
+    lm = _model(cell, embedding_size=3)
+    params = _perturbed(lm, rng)
+    T, B = 5, 5
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = (np.arange(T)[:, None] < np.array([2, 5, 0, 3, 5])).astype(float)
+    perm = rng.permutation(B)
+    l1, g1, f1 = lm.loss_and_grads(params, x, y, mask)
+    l2, g2, f2 = lm.loss_and_grads(params, x[:, perm], y[:, perm], mask[:, perm])
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-11, atol=1e-14)
+    for a, b in zip(f1, f2):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u[perm], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(cell, rng):
+    lm = _model(cell, dropout=0.3, embedding_size=3)
+    params = _perturbed(lm, rng)
+    T, B = 5, 5
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = (np.arange(T)[:, None] < np.array([1, 5, 0, 3, 5])).astype(float)
+    state0 = [tuple(rng.normal(0, 0.5, (B, H)) for _ in s) for s in lm.initial_state(B)]
+    drop = lm.dropout_masks(np.random.default_rng(3), T, B)
+    loss, grads, _ = lm.loss_and_grads(params, x, y, mask, state0, drop=drop)
+    errors = gradcheck(lambda: lm.loss(params, x, y, mask, state0, drop)[0], params, grads)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_parameters_and_gradients_are_views_into_one_buffer(rng):
+    lm = CharLM(V, "lstm", H, 2, embedding_size=3)
+    params = lm.init_params(rng)
+    assert isinstance(params, FlatParams)
+    assert sum(v.size for v in params.values()) == params.flat.size
+    assert all(np.shares_memory(v, params.flat) for v in params.values())
+    assert all(params[k].ndim >= 2 for k, _ in params.layout[:4]) and params.n_matrix == sum(
+        v.size for v in params.values() if v.ndim >= 2)
+    x = rng.integers(0, V, (4, 3))
+    _, grads, _ = lm.loss_and_grads(params, x, x)
+    assert isinstance(grads, FlatParams) and grads.same_layout(params)
+    params["Wy"] = np.ones_like(params["Wy"])      # assigning copies into the view
+    assert np.shares_memory(params["Wy"], params.flat) and params["Wy"].sum() == params["Wy"].size
+    copied = params.copy()
+    assert copied.same_layout(params) and not np.shares_memory(copied.flat, params.flat)
+    import pickle
+    again = pickle.loads(pickle.dumps(params))
+    assert again.same_layout(params) and np.array_equal(again.flat, params.flat)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adagrad", "rmsprop", "adam"])
+def test_optimizers_on_the_flat_buffer_equal_array_by_array(name, rng):
+    """The whole-vector update is the per-array update, bit for bit; its state is the same named
+    dict, and a state saved from one and loaded into the other continues identically."""
+    lm = CharLM(V, "gru", H, 2)
+    flat = lm.init_params(rng)
+    plain = {k: v.copy() for k, v in flat.items()}
+    a, b = (OPTIMIZERS.build(name, lr=0.01, weight_decay=0.1) for _ in range(2))
+    for _ in range(3):
+        g = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in plain.items()}
+        a.step(flat, FlatParams(g))
+        b.step(plain, g)
+    for k in plain:
+        np.testing.assert_array_equal(flat[k], plain[k], err_msg=k)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    c = OPTIMIZERS.build(name, lr=0.01, weight_decay=0.1)
+    c.load_state_dict(sb)                      # resumed from the per-array state onto the flat buffer
+    g = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in plain.items()}
+    c.step(flat, FlatParams(g))
+    b.step(plain, g)
+    for k in plain:
+        np.testing.assert_array_equal(flat[k], plain[k], err_msg=k)
+
+
+def test_clipping_the_flat_buffer(rng):
+    g = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    flat = FlatParams(g)
+    assert global_norm(flat) == pytest.approx(global_norm(g), rel=1e-12)
+    NormClip(1.0)(flat)
+    assert global_norm(flat) == pytest.approx(1.0, rel=1e-9)
+    np.testing.assert_allclose(flat["b"], g["b"] / global_norm(g), rtol=1e-9)
+    ValueClip(0.1)(flat)
+    assert np.abs(flat.flat).max() <= 0.1
