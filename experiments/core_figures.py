@@ -14,10 +14,11 @@ import time
 import numpy as np
 
 from rnnlab.clipping import NormClip
-from rnnlab.data import load_dataset, unigram_nll
+from rnnlab.baselines import unigram_nll
+from rnnlab.data import load_dataset
 from rnnlab.model import CharLM
 from rnnlab.optim import Adam
-from rnnlab.train import train
+from rnnlab.train import TrainOptions, train
 
 
 def main():
@@ -43,8 +44,9 @@ def main():
             lm = CharLM(len(ds.vocab), cell, args.hidden)
             params = lm.init_params(np.random.default_rng(seed))
             t0 = time.perf_counter()
-            hist = train(lm, params, ds, Adam(args.lr), NormClip(5), steps=args.steps,
-                         batch_size=args.batch_size, seed=seed, eval_every=100)
+            hist = train(lm, params, ds, Adam(args.lr), NormClip(5), TrainOptions(
+                steps=args.steps, batch_size=args.batch_size, seed=seed, eval_every=100, sample_every=0,
+                report_samples=0))
             secs.append(time.perf_counter() - t0)
             vals.append(hist.best_val_nll)
         mean = float(np.mean(vals))

@@ -2,7 +2,7 @@
 
 A checkpoint holds the model's parameters, the optimizer's buffers, the hidden state carried between
 batches (running text), and a JSON header with the format version, the step, the vocabulary, the model
-shape, the resolved config and the training counters. Batches and samples are pure functions of
+shape, the dataset's kind, the resolved config and the training counters. Batches and samples are pure functions of
 ``(seed, step)``, so the seed and the step are the whole random state. Files are written atomically
 (temporary file, fsync, rename): a crash during a write leaves the previous checkpoint intact.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import LINES
 from .flat import FlatParams
 
 FORMAT = "rnnlab-checkpoint"
@@ -123,12 +124,18 @@ def validate(ckpt: Checkpoint, lm, where: str = "checkpoint") -> None:
             raise CheckpointError(f"{where}: parameter {name!r} holds NaN or infinite values")
 
 
-def model_meta(lm, vocab) -> dict:
-    """The header fields that rebuild the model: its shape and its vocabulary."""
+def model_meta(lm, vocab, data_kind: str) -> dict:
+    """The header fields that rebuild the model and say how it samples: its shape, its vocabulary and
+    the kind of dataset it learned (see ``data.ends_at_eol``)."""
     return {"model": {"cell": lm.cell_name, "hidden_size": lm.hidden_size, "num_layers": lm.num_layers,
                       "dtype": lm.dtype.name, "vocab_size": lm.vocab_size, "dropout": lm.dropout,
                       "embedding_size": lm.embedding_size},
-            "vocab": list(vocab.chars)}
+            "vocab": list(vocab.chars), "data_kind": data_kind}
+
+
+def data_kind(ckpt: Checkpoint) -> str:
+    """The kind of dataset the checkpoint's model learned (older checkpoints: from their config)."""
+    return ckpt.meta.get("data_kind") or ((ckpt.meta.get("config") or {}).get("data") or {}).get("kind", LINES)
 
 
 def restore_model(ckpt: Checkpoint, where: str = "checkpoint"):

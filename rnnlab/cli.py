@@ -11,18 +11,10 @@ import logging
 import sys
 
 
-from .checkpoint import CheckpointError
-from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_plugin_configs
-from .data import DataError
+from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
+from .lifecycle import USER_ERRORS, fail
 
 log = logging.getLogger("rnnlab")
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
-
-
-def fail(message: str, code: int = 2):
-    """Report a user mistake on stderr and exit, without a traceback."""
-    print(f"rnnlab: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
 
 
 def config_path() -> str:
@@ -58,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     import hydra
 
-    register_plugin_configs()
+    register_configs()
     task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
     task()

@@ -1,5 +1,6 @@
 """Gradient clipping policies. A policy clips a dict of gradients in place and returns the global
-L2 norm the gradients had before clipping (for logging)."""
+L2 norm the gradients had before clipping (for logging). A policy is a dataclass: its fields are its
+options, declared once (the command line's ``clip`` group is made from them)."""
 
 from __future__ import annotations
 
@@ -27,30 +28,22 @@ def _entries(grads: dict) -> list:
 
 
 @CLIPPERS.register("none")
+@dataclass
 class NoClip:
     """No clipping (the norm is still measured)."""
-
-    @dataclass
-    class Config:
-        pass
 
     def __call__(self, grads: dict) -> float:
         return global_norm(grads)
 
-    def __repr__(self):
-        return "NoClip()"
-
 
 @CLIPPERS.register("value")
+@dataclass
 class ValueClip:
     """Element-wise clip to [-max_value, max_value], as the course's ``clip`` does."""
+    max_value: float = 5.0
 
-    @dataclass
-    class Config:
-        max_value: float = 5.0
-
-    def __init__(self, max_value: float = 5.0):
-        self.max_value = positive("max_value", max_value)
+    def __post_init__(self):
+        self.max_value = positive("max_value", self.max_value)
 
     def __call__(self, grads: dict) -> float:
         norm = global_norm(grads)
@@ -58,20 +51,15 @@ class ValueClip:
             np.clip(g, -self.max_value, self.max_value, out=g)
         return norm
 
-    def __repr__(self):
-        return f"ValueClip(max_value={self.max_value})"
-
 
 @CLIPPERS.register("norm")
+@dataclass
 class NormClip:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``."""
+    max_norm: float = 5.0
 
-    @dataclass
-    class Config:
-        max_norm: float = 5.0
-
-    def __init__(self, max_norm: float = 5.0):
-        self.max_norm = positive("max_norm", max_norm)
+    def __post_init__(self):
+        self.max_norm = positive("max_norm", self.max_norm)
 
     def __call__(self, grads: dict) -> float:
         norm = global_norm(grads)
@@ -80,6 +68,3 @@ class NormClip:
             for g in _entries(grads):
                 g *= scale
         return norm
-
-    def __repr__(self):
-        return f"NormClip(max_norm={self.max_norm})"

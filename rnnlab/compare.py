@@ -14,8 +14,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from .cli import fail
-from .tracking import ConfigError, resolve_uri
+from .config import ConfigError
+from .lifecycle import fail
+from .tracking import connect
 
 SKIP_PARAMS = ("resume", "tracking.uri", "data.path")
 
@@ -129,15 +130,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         opts = parse(argv)
-        from mlflow.tracking import MlflowClient
-
-        from .tracking import check_reachable
-        uri = resolve_uri(opts.get("tracking.uri"))
-        check_reachable(uri)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-            raise ConfigError(f"no MLflow store at {uri}; run from the directory of mlflow.db or give "
-                              f"tracking.uri=")
-        client = MlflowClient(uri)
+        client, _ = connect(opts.get("tracking.uri"), must_exist=True)
         title, runs = collect(client, opts)
         if not runs:
             raise ConfigError(f"{title} has no runs")

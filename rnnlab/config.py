@@ -1,9 +1,13 @@
-"""Typed configuration: from a composed Hydra config to validated settings and built plugins.
+"""Typed configuration: every option declared once, as a dataclass field, and the checks against it.
 
-The config groups are the plugin registries: ``cell``, ``optimizer``, ``clip``, ``sampler``, ``data``
-(whose ``kind`` picks a dataset plugin) plus ``tracking``. A group's node names its plugin (``name``),
-and its other keys are checked against the plugin's options dataclass, so a typo, a wrong type or an
-impossible value stops the run before training with a ``ConfigError`` that names the key.
+The top-level options of a run are the fields of ``RunSettings`` (default, meaning, rule): the training
+loop's own (``train.TrainOptions``) and the run's. A plugin's
+options are the fields of its dataclass (``Adam``'s ``beta1``, ``Cell.Config``'s ``hidden_size``…): the
+config groups ``cell``, ``optimizer``, ``schedule``, ``clip``, ``sampler`` and ``data`` are made from the
+registries and stored in Hydra's ConfigStore, so no YAML repeats a default and a third-party plugin is
+selectable as soon as it is installed. The nodes are stored untyped and checked here, after composition,
+against the same dataclasses: a typo, a wrong type or an impossible value stops the run before training
+with a ``ConfigError`` that names the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -11,16 +15,20 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import DataError, builtin_path
+from .checks import check_options, option
+from .data import LINES, DataError, load_dataset
 from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES, UnknownPluginError
+from .train import TrainOptions
 
 GROUPS = {"cell": CELLS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "clip": CLIPPERS,
           "sampler": SAMPLERS}
+# The data group: one option per dataset kind (the file to read is required), plus presets stating how
+# they differ from their kind.
+DATA_PRESETS = {"dinos": (LINES, {"path": None, "lowercase": True})}   # the built-in names, lowercased
 TRACKERS = ("mlflow", "none")
 HERE = Path(__file__).resolve().parent
 # Installed, the configs are the package rnnlab.conf; in a source checkout, the top-level conf/.
@@ -34,45 +42,66 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class RunSettings:
-    """The top-level knobs of a run (their defaults are in conf/config.yaml)."""
-    lr: float = MISSING
-    steps: int = MISSING
-    batch_size: int = MISSING
-    seed: int = MISSING
-    dtype: str = MISSING
-    eval_every: int = MISSING
-    sample_every: int = MISSING
-    num_samples: int = MISSING
-    max_len: int = MISSING
-    log_every: int = MISSING
-    checkpoint_every: int = MISSING
-    patience: int = 0
-    min_delta: float = 0.0
-    reduction: str = "mean"
-    report_samples: int = 0
-    threads: int = 0
-    resume: Optional[str] = None
+class LearningRate:
+    lr: float = option(0.005, "learning rate, fed to the optimizer (optimizer.lr)", "> 0")
 
 
-POSITIVE = ("lr", "steps", "batch_size", "eval_every", "num_samples", "max_len", "log_every",
-            "checkpoint_every")
+@dataclass
+class RunSettings(TrainOptions, LearningRate):
+    """The top-level options of a run (``python -m rnnlab steps=3000 lr=0.003``): ``lr``, the training
+    loop's options (``TrainOptions``: steps, batch_size, seed, eval_every, …) and these."""
+    dtype: str = option("float32", "float32 (fast) or float64 (exact checks)", {"float32": None, "float64": None})
+    threads: int = option(0, "threads sharing a training batch, each a shard of its sequences", ">= 0",
+                          zero="one per available CPU")
+    log_every: int = option(100, "a progress line in the log every N steps", "> 0")
+    reduction: str = option("mean", "what the gradients are of: the loss per character or per sequence (as "
+                            "the course)", {"mean": "per character", "sum": "per sequence"})
+    checkpoint_every: int = option(200, "write the last checkpoint every N steps (the best one at each "
+                                   "improvement)", "> 0")
+    resume: str | None = option(None, "a checkpoint path or an MLflow run id to continue from")
+
+
+def run_settings(cfg) -> RunSettings:
+    """The validated top-level options of ``cfg``."""
+    top = {f.name: cfg[f.name] for f in fields(RunSettings) if f.name in cfg}
+    settings = _typed(RunSettings, top, "")
+    try:
+        check_options(settings)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return settings
+
+
+def hydra_config():
+    """Hydra's config of the running job (None outside a Hydra app): its run directory, overrides…"""
+    from hydra.core.hydra_config import HydraConfig
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun() -> bool:
+    """Whether this job is a trial of a sweep (``-m``, or a preset that sets ``hydra.mode: MULTIRUN``)."""
+    from hydra.types import RunMode
+    hc = hydra_config()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
 def _typed(schema, node, where: str):
-    """Merge ``node`` (a mapping) into ``schema`` (a dataclass): unknown keys and wrong types fail."""
+    """Merge ``node`` (a mapping) into ``schema`` (a dataclass): unknown keys and wrong types fail.
+    Returns the merged values as an instance of ``schema`` (a plugin's: as a dict, unbuilt)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        return OmegaConf.to_object(merged)
+        if schema is RunSettings:
+            return OmegaConf.to_object(merged)
+        return OmegaConf.to_container(merged, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         msg = str(e).splitlines()[0]
-        allowed = ", ".join(f.name for f in fields(schema))
-        if "not in" in msg or "Key '" in msg and "not" in msg:
-            bad = getattr(e, "key", key)
-            hint = _did_you_mean(bad, [f.name for f in fields(schema)], where + "." if where else "")
-            raise ConfigError(f"Unknown key {where + '.' if where else ''}{bad}: the allowed keys "
-                              f"{'of ' + where + ' ' if where else ''}are {allowed}.{hint}") from None
+        prefix = where + "." if where else ""
+        if "not in" in msg or ("Key '" in msg and "not" in msg):
+            known = [f.name for f in fields(schema)]
+            raise ConfigError(f"Unknown key {prefix}{getattr(e, 'key', key)}: the allowed keys "
+                              f"{'of ' + where + ' ' if where else ''}are {', '.join(known)}."
+                              f"{_did_you_mean(getattr(e, 'key', key), known, prefix)}") from None
         name = f"{where}.{key}" if where and key else (key or where)
         raise ConfigError(f"{name}: {msg}") from None
 
@@ -92,33 +121,7 @@ def plugin_options(group: str, node) -> tuple[str, dict]:
         if options:
             raise ConfigError(f"{group} {name!r} takes no options, got {', '.join(options)}")
         return name, {}
-    return name, vars(_typed(schema, options, group))
-
-
-def run_settings(cfg) -> RunSettings:
-    """The validated top-level knobs of ``cfg``."""
-    top = {f.name: cfg[f.name] for f in fields(RunSettings) if f.name in cfg}
-    settings = _typed(RunSettings, top, "")
-    for key in POSITIVE:
-        if not getattr(settings, key) > 0:
-            raise ConfigError(f"{key} must be > 0, got {getattr(settings, key)}")
-    if settings.patience < 0:
-        raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {settings.patience}")
-    if settings.min_delta < 0:
-        raise ConfigError(f"min_delta must be >= 0, got {settings.min_delta}")
-    if settings.report_samples < 0:
-        raise ConfigError(f"report_samples must be >= 0 (0: no final sample report), "
-                          f"got {settings.report_samples}")
-    if settings.threads < 0:
-        raise ConfigError(f"threads must be >= 0 (0: one per available CPU), got {settings.threads}")
-    if settings.sample_every < 0:
-        raise ConfigError(f"sample_every must be >= 0 (0: only at the end), got {settings.sample_every}")
-    if settings.reduction not in ("mean", "sum"):
-        raise ConfigError(f"reduction must be mean (per character) or sum (per sequence), "
-                          f"got {settings.reduction!r}")
-    if settings.dtype not in ("float32", "float64"):
-        raise ConfigError(f"dtype must be float32 or float64, got {settings.dtype!r}")
-    return settings
+    return name, _typed(schema, options, group)
 
 
 def build(group: str, cfg):
@@ -134,55 +137,122 @@ def build_dataset(cfg):
     """The dataset of ``cfg.data`` (the built-in dinos.txt when ``path`` is null). The split is fixed
     (seed 0) whatever the run's seed, so runs with different seeds are compared on the same data."""
     kind, options = plugin_options("data", cfg.data)
-    path = options.pop("path", None)
     try:
-        return DATASETS.get(kind).from_file(builtin_path() if path is None else path, seed=0, **options)
+        return load_dataset(kind, seed=0, **options)
     except DataError as e:
         key = str(e).split(" ", 1)[0]
         raise ConfigError(f"data.{e}" if key in options else f"data: {e}") from None
 
+
+# ------------------------------------------------------------------------- the config groups
+
+def _defaults(schema) -> dict:
+    """The options of a dataclass with their defaults (``???`` where there is none)."""
+    return OmegaConf.to_container(OmegaConf.structured(schema)) if schema is not None else {}
+
+
+def option_nodes() -> dict[str, dict[str, dict]]:
+    """group -> option name -> config node, for the plugin groups and ``data``, made from the options
+    dataclasses of the registered plugins (third-party ones included)."""
+    nodes = {group: {name: {"name": name, **_defaults(registry.schema(name))} for name in registry.names()}
+             for group, registry in GROUPS.items()}
+    for node in nodes["optimizer"].values():
+        if "lr" in node:
+            node["lr"] = "${lr}"   # the run's lr is the optimizer's
+    nodes["data"] = {kind: {"name": kind, "kind": kind, **_defaults(DATASETS.schema(kind)), "path": "???"}
+                     for kind in DATASETS.names()}
+    for name, (kind, delta) in DATA_PRESETS.items():
+        nodes["data"][name] = {**nodes["data"][kind], "name": name, **delta}
+    return nodes
+
+
+def register_configs() -> None:
+    """Store the top-level options (``settings``, the first entry of conf/config.yaml's defaults) and
+    every option of the plugin groups in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="settings", node=_defaults(RunSettings))
+    for group, options in option_nodes().items():
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)
+
+
+def available_options() -> dict[str, list[str]]:
+    """group -> selectable names: the plugin groups' options, the trackers and the named experiments."""
+    out = {group: sorted(names) for group, names in option_nodes().items()}
+    out["tracking"] = sorted(p.stem for p in (CONF_DIR / "tracking").glob("*.yaml"))
+    out["experiment"] = sorted(p.stem for p in (EXPERIMENTS_DIR / "experiment").glob("*.yaml"))
+    return {g: out[g] for g in ("cell", "optimizer", "schedule", "clip", "sampler", "data", "tracking",
+                                "experiment")}
+
+
+def group_keys(group: str, name: str) -> list[str] | None:
+    """The keys of option ``name`` of ``group`` (None if unknown)."""
+    node = option_nodes().get(group, {}).get(name)
+    path = CONF_DIR / group / f"{name}.yaml"
+    if node is None and path.exists():
+        node = {k: v for k, v in OmegaConf.load(path).items() if k != "defaults"}
+    return sorted(node) if node is not None else None
+
+
+# ------------------------------------------------------------- overrides checked before Hydra
 
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     """Refuse, before Hydra composes anything, an unknown plugin in ``group=name`` and an unknown key in
     ``key=value`` or ``group.key=value``, with the allowed names and a "did you mean"."""
     options = available_options()
     primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
-    chosen = {}
-    for entry in primary.get("defaults", []):
-        if isinstance(entry, (dict, DictConfig)):
-            for group, name in entry.items():
-                chosen[str(group)] = name
-    plain = [ov for ov in overrides if "=" in ov and not ov.startswith(("+", "~"))]
+    chosen = _default_choices(primary)
     for ov in overrides:
         key, sep, value = ov.partition("=")
         key = key.lstrip("+~")
-        if not sep or key not in options:
-            continue
-        choices = _choices(value)
-        for choice in choices:
-            if choice not in options[key]:
-                raise ConfigError(f"Unknown {key} {choice!r} in the override {ov!r}. "
-                                  f"Available {key} options: {', '.join(options[key])}."
-                                  f"{_did_you_mean(choice, options[key], key + '=')}")
-        chosen[key] = choices[0] if len(choices) == 1 else None
-        if key == "experiment" and chosen[key]:
-            chosen.update(_experiment_choices(chosen[key]))
-    top = [k for k in primary if k not in ("defaults", "hydra")] + [g for g in options if g in chosen]
-    for ov in plain:
-        key = ov.partition("=")[0]
-        head, _, rest = key.partition(".")
-        if head.startswith("hydra"):  # hydra.* and hydra/launcher=… are Hydra's own
-            continue
-        if head not in top:
-            raise ConfigError(f"Unknown key {head!r} in the override {ov!r}. Allowed keys: "
-                              f"{', '.join(top)}.{_did_you_mean(head, top, '')}")
-        if rest and head in options and chosen.get(head):
-            allowed = group_keys(head, chosen[head])
-            sub = rest.split(".")[0]
-            if allowed is not None and sub not in allowed:
-                raise ConfigError(f"Unknown key {head}.{sub} in the override {ov!r}: {head} "
-                                  f"{chosen[head]!r} has the keys {', '.join(allowed)}."
-                                  f"{_did_you_mean(sub, allowed, head + '.')}")
+        if sep and key in options:
+            chosen.update(_checked_choice(key, value, ov, options[key]))
+    top = [k for k in primary if k not in ("defaults", "hydra")]
+    if config_name == "config":
+        top = [f.name for f in fields(RunSettings)] + top
+    top += [g for g in options if g in chosen]
+    for ov in overrides:
+        if "=" in ov and not ov.startswith(("+", "~")):
+            _check_key(ov, top, options, chosen)
+
+
+def _default_choices(primary) -> dict:
+    """group -> option chosen by the defaults list of a primary config."""
+    return {str(group): name for entry in primary.get("defaults", []) if isinstance(entry, (dict, DictConfig))
+            for group, name in entry.items()}
+
+
+def _checked_choice(group: str, value: str, ov: str, known: list[str]) -> dict:
+    """The choices ``group=value`` makes (a named experiment's included), each checked against ``known``."""
+    choices = _choices(value)
+    for choice in choices:
+        if choice not in known:
+            raise ConfigError(f"Unknown {group} {choice!r} in the override {ov!r}. "
+                              f"Available {group} options: {', '.join(known)}."
+                              f"{_did_you_mean(choice, known, group + '=')}")
+    chosen = {group: choices[0] if len(choices) == 1 else None}
+    if group == "experiment" and chosen[group]:
+        chosen.update(_experiment_choices(chosen[group]))
+    return chosen
+
+
+def _check_key(ov: str, top: list[str], options: dict, chosen: dict) -> None:
+    """Refuse ``key=value`` or ``group.key=value`` when the key is unknown."""
+    head, _, rest = ov.partition("=")[0].partition(".")
+    if head.startswith("hydra"):  # hydra.* and hydra/launcher=… are Hydra's own
+        return
+    if head not in top:
+        raise ConfigError(f"Unknown key {head!r} in the override {ov!r}. Allowed keys: "
+                          f"{', '.join(top)}.{_did_you_mean(head, top, '')}")
+    if rest and head in options and chosen.get(head):
+        allowed = group_keys(head, chosen[head])
+        sub = rest.split(".")[0]
+        if allowed is not None and sub not in allowed:
+            raise ConfigError(f"Unknown key {head}.{sub} in the override {ov!r}: {head} "
+                              f"{chosen[head]!r} has the keys {', '.join(allowed)}."
+                              f"{_did_you_mean(sub, allowed, head + '.')}")
 
 
 def _experiment_choices(name: str) -> dict:
@@ -202,53 +272,8 @@ def _did_you_mean(word, candidates, prefix) -> str:
     return f" Did you mean {prefix}{close[0]}?" if close else ""
 
 
-def group_keys(group: str, name: str) -> list[str] | None:
-    """The keys of option ``name`` of ``group``: its YAML's keys and its plugin's options."""
-    keys = []
-    path = CONF_DIR / group / f"{name}.yaml"
-    if path.exists():
-        keys = [k for k in OmegaConf.load(path) if k != "defaults"]
-    registry = GROUPS.get(group)
-    if registry is not None and name in registry:
-        schema = registry.schema(name)
-        keys += ["name"] + ([f.name for f in fields(schema)] if schema else [])
-    return sorted(set(keys)) or None
-
-
 def _choices(value: str) -> list[str]:
     """The plain names of an override value: ``lstm`` or a sweep ``rnn,lstm`` (functions skipped)."""
     if "(" in value or "$" in value:
         return []
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def available_options() -> dict[str, list[str]]:
-    """group -> selectable names: YAML files in conf/ plus registered plugins of that family."""
-    out = {}
-    for group in ("cell", "optimizer", "schedule", "clip", "sampler", "data", "tracking", "experiment"):
-        root = EXPERIMENTS_DIR if group == "experiment" else CONF_DIR
-        names = {p.stem for p in (root / group).glob("*.yaml")}
-        if group in GROUPS:
-            names |= set(GROUPS[group].names())
-        out[group] = sorted(names)
-    return out
-
-
-def register_plugin_configs() -> None:
-    """Offer every registered plugin without a YAML file in conf/ as a Hydra group option, built from
-    its options dataclass (so a third-party plugin is selectable as soon as it is installed)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    for group, registry in GROUPS.items():
-        for name in registry.names():
-            if (CONF_DIR / group / f"{name}.yaml").exists():
-                continue
-            schema = registry.schema(name)
-            node = {"name": name}
-            if schema is not None:
-                node.update(OmegaConf.to_container(OmegaConf.structured(schema)))
-            if group == "optimizer" and "lr" in node:
-                node["lr"] = "${lr}"
-            cs.store(group=group, name=name, node=node)
-

@@ -1,6 +1,6 @@
 """Vocabulary, corpora, splits and batches.
 
-Two datasets, registered in ``DATASETS``:
+Two kinds of dataset, registered in ``DATASETS`` under their ``kind``:
 
 * ``lines`` — one example per line (names). Each example is fed as ``[EOL] + chars`` and predicts
   ``chars + [EOL]``; a batch pads examples to the longest and masks the padding.
@@ -11,6 +11,9 @@ Two datasets, registered in ``DATASETS``:
 The vocabulary is the sorted set of characters with the end-of-line ``"\\n"`` always at index 0, as in
 the course. Splits are deterministic functions of the seed. Batches are ``Batch(x, y, mask, reset)``
 with time-major ``(T, B)`` arrays; ``reset`` says whether the hidden state starts from zero.
+
+Whether a dataset holds one example per line is decided in one place, ``ends_at_eol(kind)``: its
+samples then end at the end of a line and can be compared with its examples.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from .registry import DATASETS
 
 EOL = "\n"
+LINES, TEXT = "lines", "text"     # the built-in dataset kinds
 _HERE = Path(__file__).resolve().parent
 # Installed, the datasets live in the package rnnlab.builtin; in a source checkout, in the top-level data/.
 BUILTIN_DIR = _HERE / "builtin" if (_HERE / "builtin").is_dir() else _HERE.parent / "data"
@@ -71,7 +76,7 @@ class Vocab:
     chars: tuple[str, ...]
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         return cls((EOL,) + tuple(sorted(set(text) - {EOL})))
 
     def __post_init__(self):
@@ -112,35 +117,53 @@ def _check_fraction(name, value, allow_zero):
         raise DataError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1), got {value}")
 
 
-def unigram_nll(train_targets: np.ndarray, eval_targets: np.ndarray, vocab_size: int) -> float:
-    """Cross-entropy (nats/char) on ``eval_targets`` of the add-one-smoothed unigram of ``train_targets``."""
-    counts = np.bincount(train_targets, minlength=vocab_size).astype(np.float64) + 1
-    logp = np.log(counts / counts.sum())
-    return float(-logp[eval_targets].mean())
+def ends_at_eol(kind: str) -> bool:
+    """Whether a dataset of ``kind`` holds one example per line (names): its samples end at the end of a
+    line, and the share of them that copy an example means something. Running text goes on."""
+    return kind == LINES
 
 
-@DATASETS.register("lines")
-class LineDataset:
+class Corpus:
+    """What the datasets share: options declared once, in the subclass's ``Config`` dataclass (the
+    command line's ``data`` group is made from it), and the reading of a file."""
+    kind = "?"
+
+    @dataclass
+    class Config:
+        path: str | None = None         # a UTF-8 text file (None: the built-in dinos.txt)
+        lowercase: bool = False
+        val_fraction: float = 0.1       # the share held out for validation
+        test_fraction: float = 0.0      # the share held out for the final test (0: none)
+
+    def _options(self, options: dict):
+        """``options`` (the ``Config`` fields but ``path``) completed with their defaults and checked."""
+        o = self.Config(**options)
+        _check_fraction("val_fraction", o.val_fraction, allow_zero=False)
+        _check_fraction("test_fraction", o.test_fraction, allow_zero=True)
+        return o
+
+    @classmethod
+    def from_file(cls, path, **options):
+        """The dataset of the file at ``path``; ``options``: the fields of ``Config`` but ``path``."""
+        return cls(read_text(path), source=str(path), **options)
+
+
+@DATASETS.register(LINES)
+class LineDataset(Corpus):
     """One example per line (e.g. names); blank lines are skipped.
 
     The split is a permutation of the examples by ``seed``: the first ``val_fraction`` go to
     validation, the next ``test_fraction`` to test, the rest to training.
     """
+    kind = LINES
 
-    @dataclass
-    class Config:
-        path: Optional[str] = None      # None: the built-in dinos.txt
-        lowercase: bool = False
-        val_fraction: float = 0.1
-        test_fraction: float = 0.0
-
-    def __init__(self, text: str, lowercase: bool = False, val_fraction: float = 0.1,
-                 test_fraction: float = 0.0, seed: int = 0, source: str = "<text>"):
-        _check_fraction("val_fraction", val_fraction, allow_zero=False)
-        _check_fraction("test_fraction", test_fraction, allow_zero=True)
+    def __init__(self, text: str, seed: int = 0, source: str = "<text>", **options):
+        """``options``: the fields of ``Config`` but ``path``."""
+        o = self._options(options)
+        val_fraction, test_fraction = o.val_fraction, o.test_fraction
         if val_fraction + test_fraction >= 1:
             raise DataError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
-        if lowercase:
+        if o.lowercase:
             text = text.lower()
         lines = [line.strip() for line in text.split(EOL)]
         lines = [line for line in lines if line]
@@ -161,10 +184,6 @@ class LineDataset:
         }
         self._encoded = {k: [self.vocab.encode(s) for s in v] for k, v in self.lines.items()}
         self._epoch_order = (None, None)
-
-    @classmethod
-    def from_file(cls, path, **options) -> "LineDataset":
-        return cls(read_text(path), source=str(path), **options)
 
     def __repr__(self):
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.lines.items())
@@ -222,26 +241,23 @@ class LineDataset:
         return np.concatenate([np.append(s, 0) for s in seqs]) if seqs else np.zeros(0, np.int64)
 
 
-@DATASETS.register("text")
-class TextDataset:
+@DATASETS.register(TEXT)
+class TextDataset(Corpus):
     """Running text for truncated BPTT. The last ``val_fraction`` (and before it ``test_fraction``) of
     the text are held out as contiguous blocks."""
+    kind = TEXT
 
     @dataclass
-    class Config:
-        path: Optional[str] = None
-        lowercase: bool = False
-        val_fraction: float = 0.1
-        test_fraction: float = 0.0
-        seq_len: int = 100
+    class Config(Corpus.Config):
+        seq_len: int = 100              # characters per chunk of truncated BPTT
 
-    def __init__(self, text: str, lowercase: bool = False, val_fraction: float = 0.1,
-                 test_fraction: float = 0.0, seq_len: int = 100, seed: int = 0, source: str = "<text>"):
-        _check_fraction("val_fraction", val_fraction, allow_zero=False)
-        _check_fraction("test_fraction", test_fraction, allow_zero=True)
+    def __init__(self, text: str, seed: int = 0, source: str = "<text>", **options):
+        """``options``: the fields of ``Config`` but ``path``; ``seed`` is not used (the split is fixed)."""
+        o = self._options(options)
+        val_fraction, test_fraction, seq_len = o.val_fraction, o.test_fraction, o.seq_len
         if seq_len < 1:
             raise DataError(f"seq_len must be >= 1, got {seq_len}")
-        if lowercase:
+        if o.lowercase:
             text = text.lower()
         self.source = source
         self.seq_len = seq_len
@@ -256,10 +272,6 @@ class TextDataset:
         self.ids = {"train": ids[:n_train], "test": ids[n_train:n_train + n_test],
                     "val": ids[n_train + n_test:]}
         self._train_streams = (None, None)
-
-    @classmethod
-    def from_file(cls, path, **options) -> "TextDataset":
-        return cls(read_text(path), source=str(path), **options)
 
     def __repr__(self):
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.ids.items())
@@ -303,8 +315,8 @@ class TextDataset:
 
     def eval_batches(self, split: str = "val", batch_size: int = 16) -> Iterator[Batch]:
         """The split read once as ``batch_size`` streams (fewer if it is short), state carried along
-        each. Few streams keep the cold starts rare: on Tiny Shakespeare's last 5 % a trained model
-        scores 1.6429 nats/char with 16 streams, 1.6414 with one, 1.6707 with 256."""
+        each. Few streams keep the cold starts rare (each stream starts from a zero state; see
+        experiments/README.md for what the number of streams does to the loss)."""
         ids = self.ids[split]
         yield from self._chunks(ids, max(1, min(batch_size, (len(ids) - 1) // self.seq_len or 1)))
 

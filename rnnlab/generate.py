@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load, restore_model
-from .cli import USER_ERRORS, config_path, fail
-from .config import ConfigError, build, check_overrides, register_plugin_configs
-from .data import DataError
+from .checkpoint import data_kind, load, restore_model
+from .cli import config_path
+from .lifecycle import USER_ERRORS, fail
+from .config import ConfigError, build, check_overrides, register_configs
+from .data import DataError, ends_at_eol
 from .sampling import generate
 
 
@@ -26,10 +27,8 @@ def samples_from_checkpoint(path, sampler, n=10, prime="", seed=0, max_len=50, w
     if bad:
         raise DataError(f"prime={prime!r} has characters outside the model's vocabulary: {''.join(bad)!r}; "
                         f"allowed: {''.join(vocab.chars[1:])!r}")
-    # name models stop at the end of a line; running-text models run for max_len characters
-    stop = ((ckpt.meta.get("config") or {}).get("data") or {}).get("kind", "lines") == "lines"
     return generate(lm, params, vocab, sampler, np.random.default_rng(seed), n=n, prime=prime,
-                    max_len=max_len, stop_at_eol=stop)
+                    max_len=max_len, stop_at_eol=ends_at_eol(data_kind(ckpt)))
 
 
 def _task(cfg):
@@ -63,7 +62,7 @@ def main(argv=None):
         fail(str(e))
     import hydra
 
-    register_plugin_configs()
+    register_configs()
     task = hydra.main(config_path=config_path(), config_name="generate", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab.generate"] + argv
     task()

@@ -9,28 +9,37 @@ step ``p -= lr * weight_decay * p`` on the weight matrices (arrays of 2 or more 
 not decayed), before the optimizer's own update. For SGD it is the gradient of an L2 penalty; for Adam
 it makes AdamW.
 
+An optimizer is a dataclass: its fields are its options (the one place where they and their defaults are
+declared; the command line's ``optimizer`` group is made from them), validated in ``__post_init__``.
+``lr`` has no default here: the run's ``lr`` is its default on the command line.
+
 Every optimizer keeps its per-parameter buffers in ``self.buffers[name][slot]`` and its step count in
 ``self.t``, so checkpoints and resumes need no knowledge of its insides.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
 from .checks import nonnegative as _nonnegative, positive as _positive, unit_interval as _unit
 from .flat import FlatParams
-from .registry import OPTIMIZERS, plugin_repr
+from .registry import OPTIMIZERS
 
 
+@dataclass(eq=False)
 class Optimizer:
-    slots: tuple[str, ...] = ()
-    CHUNK = 1 << 16   # entries of a flat buffer updated at once: the update's passes over a chunk hit the cache
+    """The base of the optimizers: ``lr`` (the only positional option) and ``weight_decay``."""
+    lr: float
+    _: KW_ONLY
+    weight_decay: float = 0.0     # decoupled weight decay of the weight matrices (AdamW for adam)
+    slots = ()                    # the names of the per-parameter buffers (class attribute, not an option)
+    CHUNK = 1 << 16               # entries of a flat buffer updated at once: the update's passes over a chunk hit the cache
 
-    def __init__(self, lr: float, weight_decay: float = 0.0):
-        self.lr = _positive("lr", lr)
-        self.weight_decay = _nonnegative("weight_decay", weight_decay)
+    def __post_init__(self):
+        self.lr = _positive("lr", self.lr)
+        self.weight_decay = _nonnegative("weight_decay", self.weight_decay)
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {}
 
@@ -104,37 +113,26 @@ class Optimizer:
             self.buffers.setdefault(name, {})[slot] = np.array(value)
         self._flat = None
 
-    def __repr__(self):
-        return plugin_repr(self, hidden=("t", "buffers", "_work", "_flat"))
-
 
 @OPTIMIZERS.register("sgd")
+@dataclass(eq=False)
 class SGD(Optimizer):
     """p -= lr * g."""
-
-    @dataclass
-    class Config:
-        lr: float = 0.01
-        weight_decay: float = 0.0
 
     def update(self, p, g, buf):
         p -= self.lr * g
 
 
 @OPTIMIZERS.register("momentum")
+@dataclass(eq=False, kw_only=True)
 class Momentum(Optimizer):
     """Heavy-ball momentum: v = mu * v + g; p -= lr * v."""
+    momentum: float = 0.9
     slots = ("v",)
 
-    @dataclass
-    class Config:
-        lr: float = 0.01
-        weight_decay: float = 0.0
-        momentum: float = 0.9
-
-    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
-        self.momentum = _unit("momentum", momentum)
+    def __post_init__(self):
+        super().__post_init__()
+        self.momentum = _unit("momentum", self.momentum)
 
     def update(self, p, g, buf):
         v = buf["v"]
@@ -144,19 +142,15 @@ class Momentum(Optimizer):
 
 
 @OPTIMIZERS.register("adagrad")
+@dataclass(eq=False, kw_only=True)
 class Adagrad(Optimizer):
     """s += g²; p -= lr * g / (sqrt(s) + eps)."""
+    eps: float = 1e-8
     slots = ("s",)
 
-    @dataclass
-    class Config:
-        lr: float = 0.01
-        weight_decay: float = 0.0
-        eps: float = 1e-8
-
-    def __init__(self, lr: float, eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
-        self.eps = _positive("eps", eps)
+    def __post_init__(self):
+        super().__post_init__()
+        self.eps = _positive("eps", self.eps)
 
     def update(self, p, g, buf):
         s = buf["s"]
@@ -165,20 +159,16 @@ class Adagrad(Optimizer):
 
 
 @OPTIMIZERS.register("rmsprop")
+@dataclass(eq=False, kw_only=True)
 class RMSProp(Optimizer):
     """s = rho * s + (1 - rho) * g²; p -= lr * g / (sqrt(s) + eps)."""
+    rho: float = 0.99
+    eps: float = 1e-8
     slots = ("s",)
 
-    @dataclass
-    class Config:
-        lr: float = 0.01
-        weight_decay: float = 0.0
-        rho: float = 0.99
-        eps: float = 1e-8
-
-    def __init__(self, lr: float, rho: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
-        self.rho, self.eps = _unit("rho", rho), _positive("eps", eps)
+    def __post_init__(self):
+        super().__post_init__()
+        self.rho, self.eps = _unit("rho", self.rho), _positive("eps", self.eps)
 
     def update(self, p, g, buf):
         s = buf["s"]
@@ -188,22 +178,18 @@ class RMSProp(Optimizer):
 
 
 @OPTIMIZERS.register("adam")
+@dataclass(eq=False, kw_only=True)
 class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba): m, v moving averages of g and g²."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
     slots = ("m", "v")
 
-    @dataclass
-    class Config:
-        lr: float = 0.01
-        weight_decay: float = 0.0
-        beta1: float = 0.9
-        beta2: float = 0.999
-        eps: float = 1e-8
-
-    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
-        self.beta1, self.beta2, self.eps = _unit("beta1", beta1), _unit("beta2", beta2), _positive("eps", eps)
+    def __post_init__(self):
+        super().__post_init__()
+        self.beta1, self.beta2 = _unit("beta1", self.beta1), _unit("beta2", self.beta2)
+        self.eps = _positive("eps", self.eps)
 
     def update(self, p, g, buf):
         m, v = buf["m"], buf["v"]

@@ -15,11 +15,11 @@ from mlflow.pyfunc import PythonModel
 
 class NameGenerator(PythonModel):
     def load_context(self, context):
-        from rnnlab.checkpoint import load, restore_model
+        from rnnlab.checkpoint import data_kind, load, restore_model
+        from rnnlab.data import ends_at_eol
         ckpt = load(context.artifacts["checkpoint"])
         self.lm, self.params, self.vocab = restore_model(ckpt, "model checkpoint")
-        data = (ckpt.meta.get("config") or {}).get("data") or {}
-        self.stop_at_eol = data.get("kind", "lines") == "lines"
+        self.stop_at_eol = ends_at_eol(data_kind(ckpt))
 
     def predict(self, context, model_input, params=None):
         """Generate samples. ``model_input``: {"n", "prime", "temperature", "seed", "max_len"} (all

@@ -13,16 +13,11 @@ registry is asked for its names. This module is plain Python: no Hydra, no MLflo
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import importlib
 import fnmatch
+import importlib
 from importlib.metadata import entry_points
-
-
-def plugin_repr(plugin, hidden=()) -> str:
-    """``Name(option=value, …)`` from a plugin's attributes, leaving out the ``hidden`` ones (its state)."""
-    options = ", ".join(f"{k}={v}" for k, v in vars(plugin).items() if k not in hidden)
-    return f"{type(plugin).__name__}({options})"
 
 
 class UnknownPluginError(KeyError):
@@ -45,15 +40,18 @@ class Registry:
     def register(self, name: str, obj=None, schema=None):
         """Register ``obj`` under ``name``; without ``obj``, return a decorator.
 
-        ``schema`` is the dataclass of the plugin's options (defaults to ``obj.Config`` if it has one):
-        the framework validates a config against it and offers the plugin on the command line.
+        ``schema`` is the dataclass of the plugin's options, the one place where they and their defaults
+        are declared: by default ``obj.Config`` if it has one (a cell, a dataset), else ``obj`` itself
+        if it is a dataclass (an optimizer, a sampler…). The framework validates a config against it
+        and makes the plugin's option of its config group from it.
         """
         def add(target):
             if name in self._items and self._items[name] is not target:
                 raise ValueError(f"{self.family} plugin {name!r} is already registered "
                                  f"(by {self._items[name]!r})")
             self._items[name] = target
-            self._schemas[name] = schema or getattr(target, "Config", None)
+            self._schemas[name] = schema or getattr(target, "Config", None) or \
+                (target if dataclasses.is_dataclass(target) else None)
             return target
         return add if obj is None else add(obj)
 

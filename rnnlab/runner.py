@@ -1,77 +1,127 @@
-"""One run of the command line: build everything from a validated config, train, checkpoint, report.
+"""One run of the command line: build everything from a validated config, train, report.
 
-The task function returns the final validation loss (nats per character), the number Hydra's
-sweepers optimise.
+``run`` reads as the run goes: ``prepare`` builds and checks everything (a user mistake stops here,
+before anything is written or tracked), the tracker starts, ``task`` trains under the ``Supervisor``
+(which decides how a stop or a failure ends: rnnlab/lifecycle.py), and the summary is logged. It
+returns the final validation loss (nats per character), the number Hydra's sweepers optimise.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
-import sys
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from . import checkpoint as ckpt_io
-from .config import (TRACKERS, ConfigError, RunSettings, build, build_dataset, plugin_options,
-                     run_settings)
+from .callbacks import Checkpointer, Progress, SampleWriter
+from .config import (TRACKERS, ConfigError, RunSettings, build, build_dataset, hydra_config, is_multirun,
+                     plugin_options, run_settings)
 from .data import DataError
+from .lifecycle import DIVERGED_LOSS, Supervisor
 from .model import CharLM, nats_to_bits
 from .threads import available_cpus
-from .train import Callback, TrainingDiverged, train
+from .train import Resume, TrainOptions, train
 
 log = logging.getLogger("rnnlab")
-DIVERGED_LOSS = 1e6   # what a diverged trial reports to a sweep: finite (a NaN would abort Optuna), and bad
 
 
-def _multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    return HydraConfig.get().mode == RunMode.MULTIRUN
+def run(cfg) -> float:
+    """Train as ``cfg`` says and return the final validation loss (nats/char)."""
+    t_start = time.perf_counter()
+    job = prepare(cfg)                            # a mistake stops here, before anything is written
+    tracker = start_tracker(cfg, job)             # None with tracking=none
+    checkpointer = Checkpointer(job.out_dir / "checkpoints", job.lm, job.params, job.optimizer, job.dataset,
+                                checkpoint_meta(cfg, job), job.settings.checkpoint_every, job.resume.best_val_nll,
+                                on_saved=tracker.log_checkpoint if tracker else None)
+    supervisor = Supervisor(tracker, checkpointer, multirun=is_multirun())
+    hist = supervisor.run(lambda stopper: task(job, checkpointer, tracker, stopper))
+    if hist is None:                              # a failed trial of a sweep: the sweep goes on
+        return DIVERGED_LOSS
+    for line in summary(job, hist, checkpointer.best, time.perf_counter() - t_start, tracker):
+        log.info(line)
+    return hist.val_nll[-1]
 
 
-class StopRequested(Exception):
-    def __init__(self, step: int, signal_number: int):
-        self.step, self.signal = step, signal_number
-        self.signal_name = signal.Signals(signal_number).name
-        super().__init__(f"{self.signal_name} after step {step}")
+@dataclass
+class Job:
+    """Everything a run is made of, built and checked before anything is written."""
+    settings: RunSettings
+    name: str                 # e.g. lstm-h64-adam-lr0.005
+    out_dir: Path             # Hydra's output directory of the run
+    tracking: str             # mlflow or none
+    dataset: object
+    lm: CharLM
+    params: dict
+    optimizer: object
+    clipper: object
+    sampler: object
+    schedule: object
+    resume: Resume
 
 
-class SignalStop(Callback):
-    """Ctrl-C (SIGINT) or SIGTERM asks the run to stop at the end of the current step, where its
-    state is whole and can be checkpointed; a second signal stops at once."""
+def prepare(cfg) -> Job:
+    """The run's objects, from a config checked against the options' declarations (``ConfigError``,
+    ``DataError`` or ``CheckpointError`` on a mistake)."""
+    settings = run_settings(cfg)
+    cell_name, cell_opts = plugin_options("cell", cfg.cell)
+    opt_name, _ = plugin_options("optimizer", cfg.optimizer)
+    tracking = cfg.tracking.name if "tracking" in cfg and cfg.tracking else "none"
+    if tracking not in TRACKERS:
+        raise ConfigError(f"tracking: unknown tracker {tracking!r}; available: {', '.join(TRACKERS)}")
+    optimizer, clipper, sampler = build("optimizer", cfg), build("clip", cfg), build("sampler", cfg)
+    schedule = build("schedule", cfg) if "schedule" in cfg else None
+    ds = build_dataset(cfg)
+    try:
+        ds.check_batch_size(settings.batch_size)
+        lm = CharLM(len(ds.vocab), cell_name, dtype=settings.dtype, reduction=settings.reduction,
+                    threads=settings.threads or available_cpus(), **cell_opts)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        raise ConfigError(f"cell.{e}") from None
+    job = Job(settings, run_name(cell_opts, cell_name, opt_name, settings.lr),
+              Path(hydra_config().runtime.output_dir), tracking, ds, lm,
+              lm.init_params(np.random.default_rng(settings.seed)), optimizer, clipper, sampler, schedule,
+              Resume())
+    if settings.resume:
+        _resume(job, cfg)
+    log.info("%s: %r on %r, %s, %s, %s, %s", job.name, lm, ds, optimizer, schedule, clipper, sampler)
+    return job
 
-    def __init__(self):
-        self.received = None
-        self.previous = {}
 
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread (e.g. not in a thread pool)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
+def start_tracker(cfg, job: Job):
+    """The MLflow logger of the run (None with tracking=none); mlflow is imported only here."""
+    if job.tracking != "mlflow":
+        return None
+    from .tracking import MlflowTracker
+    return MlflowTracker.start(cfg, name=job.name, dataset=job.dataset, lm=job.lm, out_dir=job.out_dir)
 
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
 
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            self.restore()
-            raise KeyboardInterrupt
-        self.received = signum
-        log.warning("received %s: stopping after this step (again to stop at once)",
-                    signal.Signals(signum).name)
+def checkpoint_meta(cfg, job: Job) -> dict:
+    """What the checkpoints' header says of the run, besides the model (see ``Checkpointer``)."""
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "seed": job.settings.seed, "run_name": job.name}
 
-    def on_step(self, step, metrics):
-        if self.received is not None:
-            raise StopRequested(step + 1, self.received)
+
+def task(job: Job, checkpointer: Checkpointer, tracker, stopper):
+    """Train the job, its progress, samples and checkpoints written and tracked; then log the model of
+    the best checkpoint. Returns the History. ``stopper`` comes last: a step is checkpointed and logged
+    before a stop."""
+    s = job.settings
+    options = TrainOptions(**{name: getattr(s, name) for name in TrainOptions.__dataclass_fields__})
+    callbacks = [Progress(s.steps, s.log_every), SampleWriter(job.out_dir / "samples"), checkpointer,
+                 *([tracker] if tracker else []), stopper]
+    with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf is caught and reported by train()
+        hist = train(job.lm, job.params, job.dataset, job.optimizer, job.clipper, options, sampler=job.sampler,
+                     schedule=job.schedule, callbacks=callbacks, resume=job.resume)
+    if tracker:
+        best = job.out_dir / "checkpoints" / "best.npz"
+        tracker.log_model(best if best.exists() else checkpointer.latest)
+    return hist
 
 
 def run_name(cell: dict, cell_name: str, optimizer: str, lr: float) -> str:
@@ -80,250 +130,49 @@ def run_name(cell: dict, cell_name: str, optimizer: str, lr: float) -> str:
     return f"{cell_name}-h{cell['hidden_size']}{layers}-{optimizer}-lr{lr:g}"
 
 
-class Progress(Callback):
-    """A progress bar on a terminal; otherwise a log line every ``log_every`` steps."""
-
-    def __init__(self, steps: int, log_every: int, bar: bool | None = None):
-        self.steps, self.log_every = steps, log_every
-        self.bar_wanted = sys.stderr.isatty() if bar is None else bar
-        self.bar = None
-        self.last_val = math.nan
-
-    def on_start(self, step, history):
-        if self.bar_wanted:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.steps, initial=step, unit="step", dynamic_ncols=True, leave=False)
-
-    def on_step(self, step, m):
-        if self.bar is not None:
-            self.bar.update(1)
-            val = "-" if math.isnan(self.last_val) else f"{self.last_val:.3f}"
-            self.bar.set_postfix(loss=f"{m['smooth_loss']:.3f}", val=val, refresh=False)
-        elif (step + 1) % self.log_every == 0 or step + 1 == self.steps:
-            log.info("step %d/%d  train_loss %.4f  grad_norm %.2f  %.0f chars/s", step + 1, self.steps,
-                     m["smooth_loss"], m["grad_norm"], m["chars_per_sec"])
-
-    def on_eval(self, step, m):
-        self.last_val = m["val_nll"]
-        if self.bar is None:
-            log.info("step %d/%d  val_nll %.4f  val_bpc %.4f", step + 1, self.steps, m["val_nll"],
-                     m["val_bpc"])
-
-    def on_samples(self, step, samples):
-        if self.bar is not None:
-            self.bar.clear()
-        log.info("samples at step %d: %s", step + 1, ", ".join(samples))
-
-    def on_report(self, step, m):
-        if self.bar is not None:
-            self.bar.clear()
-        log.info("step %d: %s", step + 1, "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
-
-    def on_end(self, step, history):
-        if self.bar is not None:
-            self.bar.close()
-
-
-class SampleWriter(Callback):
-    """Keeps every batch of samples as ``samples/step_NNNNNN.txt`` in the run's output directory."""
-
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-
-    def write(self, name: str, samples):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / name).write_text("\n".join(samples) + "\n")
-
-    def on_samples(self, step, samples):
-        self.write(f"step_{step + 1:06d}.txt", samples)
-
-    def on_end(self, step, history):
-        if history.report.get("samples"):  # the final sample report's samples, from the best parameters
-            self.write("report.txt", history.report["samples"])
-
-
-class Checkpointer(Callback):
-    """Writes ``last.npz`` every ``every`` steps and at the end, ``best.npz`` at each new best
-    validation loss. ``on_saved(kind, path)`` hears of every file written."""
-
-    def __init__(self, directory: Path, lm, params, optimizer, vocab, meta: dict, every: int,
-                 best: float = math.inf, on_saved=None):
-        self.dir, self.lm, self.params, self.optimizer = Path(directory), lm, params, optimizer
-        self.meta, self.every, self.best = meta, every, best
-        self.meta.update(ckpt_io.model_meta(lm, vocab))
-        self.on_saved = on_saved
-        self.history = None
-        self.step_done = 0
-        self.latest = None
-
-    def on_start(self, step, history):
-        self.history = history
-
-    def save(self, kind: str):
-        bad = [k for k, v in self.params.items() if not np.all(np.isfinite(v))]
-        if bad:  # never overwrite a good checkpoint with a broken state
-            log.error("not writing the %s checkpoint at step %d: %s hold NaN/inf", kind, self.step_done,
-                      ", ".join(bad))
-            return None
-        meta = dict(self.meta, step=self.step_done, best_val_nll=self.best)
-        path = ckpt_io.save(self.dir / f"{kind}.npz", ckpt_io.Checkpoint(
-            params=self.params, meta=meta, optimizer=self.optimizer.state_dict(), state=self.history.state))
-        self.latest = path
-        if self.on_saved:
-            self.on_saved(kind, path)
-        return path
-
-    def on_step(self, step, metrics):
-        self.step_done = step + 1
-        if self.step_done % self.every == 0:
-            self.save("last")
-
-    def on_eval(self, step, metrics):
-        if metrics["val_nll"] < self.best:
-            self.best = metrics["val_nll"]
-            self.save("best")
-
-    def on_end(self, step, history):
-        self.save("last")
-
-
-def _model(ds, cell_name, cell_opts, settings):
-    try:
-        return CharLM(len(ds.vocab), cell_name, dtype=settings.dtype, reduction=settings.reduction,
-                      threads=settings.threads or available_cpus(), **cell_opts)
-    except ValueError as e:
-        raise ConfigError(f"cell.{e}") from None
-
-
-def _resume(source: str, lm, vocab, optimizer, cfg):
-    """Load the checkpoint to resume from: a path, or an MLflow run id (its last checkpoint)."""
+def _resume(job: Job, cfg) -> None:
+    """Continue from ``resume``: a checkpoint path, or an MLflow run id (its last checkpoint)."""
+    source = job.settings.resume
     path = Path(source).expanduser()
-    if not path.exists() and not any(c in source for c in "/\\.") and cfg.tracking.name == "mlflow":
+    if not path.exists() and not any(c in source for c in "/\\.") and job.tracking == "mlflow":
         from .tracking import download_checkpoint
         path = download_checkpoint(cfg, source)
     ckpt = ckpt_io.load(path)
-    ckpt_io.validate(ckpt, lm, f"resume={source}")
-    if tuple(ckpt.meta.get("vocab", ())) != vocab.chars:
+    ckpt_io.validate(ckpt, job.lm, f"resume={source}")
+    if tuple(ckpt.meta.get("vocab", ())) != job.dataset.vocab.chars:
         raise ckpt_io.CheckpointError(f"resume={source}: the checkpoint's vocabulary differs from the "
                                       f"dataset's; resume with the data it was trained on")
     try:
-        optimizer.load_state_dict(ckpt.optimizer)
+        job.optimizer.load_state_dict(ckpt.optimizer)
     except (KeyError, ValueError) as e:
         raise ckpt_io.CheckpointError(f"resume={source}: optimizer state unusable ({e})") from None
-    return ckpt
+    if ckpt.step >= job.settings.steps:
+        raise ConfigError(f"resume: the checkpoint is at step {ckpt.step}, which already reaches "
+                          f"steps={job.settings.steps}; ask for more steps")
+    job.params = ckpt.params
+    job.resume = Resume(ckpt.step, ckpt.state, float(ckpt.meta.get("best_val_nll", math.inf)))
+    log.info("resuming from %s at step %d", source, ckpt.step)
 
 
-def run(cfg) -> float:
-    """Train as ``cfg`` says and return the final validation loss (nats/char)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    t_start = time.perf_counter()
-    settings: RunSettings = run_settings(cfg)
-    cell_name, cell_opts = plugin_options("cell", cfg.cell)
-    opt_name, _ = plugin_options("optimizer", cfg.optimizer)
-    optimizer, clipper, sampler = build("optimizer", cfg), build("clip", cfg), build("sampler", cfg)
-    schedule = build("schedule", cfg) if "schedule" in cfg else None
-    tracking = cfg.tracking.name if "tracking" in cfg and cfg.tracking else "none"
-    if tracking not in TRACKERS:
-        raise ConfigError(f"tracking: unknown tracker {tracking!r}; available: {', '.join(TRACKERS)}")
-    ds = build_dataset(cfg)
-    try:
-        ds.check_batch_size(settings.batch_size)
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-    lm = _model(ds, cell_name, cell_opts, settings)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    name = run_name(cell_opts, cell_name, opt_name, settings.lr)
-
-    params = lm.init_params(np.random.default_rng(settings.seed))
-    start, state, best = 0, None, math.inf
-    if settings.resume:
-        ckpt = _resume(settings.resume, lm, ds.vocab, optimizer, cfg)
-        params, start, state = ckpt.params, ckpt.step, ckpt.state
-        best = float(ckpt.meta.get("best_val_nll", math.inf))
-        if start >= settings.steps:
-            raise ConfigError(f"resume: the checkpoint is at step {start}, which already reaches "
-                              f"steps={settings.steps}; ask for more steps")
-        log.info("resuming from %s at step %d", settings.resume, start)
-
-    tracker = None
-    if tracking == "mlflow":
-        from .tracking import MlflowTracker
-        tracker = MlflowTracker.start(cfg, name=name, dataset=ds, lm=lm, out_dir=out_dir)
-
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "seed": settings.seed,
-            "run_name": name}
-    checkpointer = Checkpointer(out_dir / "checkpoints", lm, params, optimizer, ds.vocab, meta,
-                                settings.checkpoint_every, best,
-                                on_saved=tracker.log_checkpoint if tracker else None)
-    stopper = SignalStop()
-    callbacks = [Progress(settings.steps, settings.log_every), SampleWriter(out_dir / "samples"), checkpointer]
-    if tracker:
-        callbacks.append(tracker)
-    callbacks.append(stopper)  # last: the step is checkpointed and logged before a stop
-    log.info("%s: %r on %r, %s, %s, %s, %s", name, lm, ds, optimizer, schedule, clipper, sampler)
-    status, reason, hist = "FAILED", None, None
-    stopper.install()
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf is caught and reported by train()
-            hist = train(lm, params, ds, optimizer, clipper, steps=settings.steps,
-                         batch_size=settings.batch_size, seed=settings.seed, eval_every=settings.eval_every,
-                         sample_every=settings.sample_every or settings.steps,
-                         num_samples=settings.num_samples, sampler=sampler, start_step=start, state=state,
-                         callbacks=callbacks, schedule=schedule, patience=settings.patience,
-                         min_delta=settings.min_delta, best=best, report_samples=settings.report_samples,
-                         max_len=settings.max_len)
-        status = "FINISHED"
-        if tracker:
-            best_path = out_dir / "checkpoints" / "best.npz"
-            tracker.log_model(best_path if best_path.exists() else out_dir / "checkpoints" / "last.npz")
-    except TrainingDiverged as e:
-        reason = f"{e}; the last good checkpoint is {checkpointer.latest or 'none (none was written)'}"
-    except StopRequested as e:
-        status, stop_signal = "KILLED", e.signal
-        path = checkpointer.save("last")
-        reason = f"stopped by {e.signal_name} after step {e.step}; checkpoint {path}"
-    except BaseException as e:  # a crash or a second Ctrl-C: say why the run failed, then re-raise
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        stopper.restore()
-        if tracker:
-            tracker.finish(status, reason)
-    if status == "KILLED":
-        log.warning("%s", reason)
-        print(f"rnnlab: {reason}\nresume with: python -m rnnlab resume={checkpointer.dir / 'last.npz'} "
-              f"<the same overrides>", file=sys.stderr, flush=True)
-        raise SystemExit(128 + stop_signal)
-    if status == "FAILED":
-        log.error("%s", reason)
-        if _multirun():
-            log.error("this trial reports val_nll=%g to the sweep, which goes on", DIVERGED_LOSS)
-            return DIVERGED_LOSS
-        print(f"rnnlab: error: {reason}", file=sys.stderr, flush=True)
-        raise SystemExit(3)
-    final = hist.val_nll[-1]
-    seconds = time.perf_counter() - t_start
+def summary(job: Job, hist, best: float, seconds: float, tracker=None) -> list[str]:
+    """The lines that end a finished run's log: losses, samples, the reports, where things are."""
+    final, out = hist.val_nll[-1], job.out_dir
     last_samples = hist.samples[max(hist.samples)] if hist.samples else []
-    lines = [
-        f"run {name} finished in {seconds:.1f}s ({hist.chars / max(hist.seconds, 1e-9):,.0f} chars/s)",
-        f"  final val_nll {final:.4f} nats/char ({nats_to_bits(final):.4f} bits/char), "
-        f"best {checkpointer.best:.4f}",
-        f"  samples: {', '.join(last_samples)}",
-        *([f"  test_nll {hist.test_nll:.4f} nats/char ({nats_to_bits(hist.test_nll):.4f} bits/char) with the "
-           f"parameters of step {hist.best_step + 1 if hist.best_step is not None else hist.step[-1] + 1}"]
-          if hist.test_nll is not None else []),
-        *([f"  {len(hist.report['samples'])} samples of the best model: {hist.report['samples_new']:.1%} new, "
-           f"{hist.report['samples_in_train']:.1%} copies of training names, "
-           f"{hist.report['samples_in_heldout']:.1%} of held-out names ({out_dir / 'samples' / 'report.txt'})"]
-          if hist.report else []),
-        *([f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
-           f"{settings.patience} evaluations (best checkpoint: {out_dir / 'checkpoints' / 'best.npz'})"]
-          if hist.stopped_at is not None else []),
-        f"  checkpoints: {out_dir / 'checkpoints'}",
-    ]
-    if tracker:
-        lines += tracker.summary_lines()
-    for line in lines:
-        log.info(line)
-    return final
+    lines = [f"run {job.name} finished in {seconds:.1f}s ({hist.chars / max(hist.seconds, 1e-9):,.0f} chars/s)",
+             f"  final val_nll {final:.4f} nats/char ({nats_to_bits(final):.4f} bits/char), best {best:.4f}"]
+    if last_samples:
+        lines.append(f"  samples: {', '.join(last_samples)}")
+    if hist.test_nll is not None:
+        step = hist.best_step + 1 if hist.best_step is not None else hist.step[-1] + 1
+        lines.append(f"  test_nll {hist.test_nll:.4f} nats/char ({nats_to_bits(hist.test_nll):.4f} bits/char) "
+                     f"with the parameters of step {step}")
+    if hist.report:
+        r = hist.report
+        lines.append(f"  {len(r['samples'])} samples of the best model: {r['samples_new']:.1%} new, "
+                     f"{r['samples_in_train']:.1%} copies of training names, {r['samples_in_heldout']:.1%} "
+                     f"of held-out names ({out / 'samples' / 'report.txt'})")
+    if hist.stopped_at is not None:
+        lines.append(f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
+                     f"{job.settings.patience} evaluations (best checkpoint: {out / 'checkpoints' / 'best.npz'})")
+    lines.append(f"  checkpoints: {out / 'checkpoints'}")
+    return lines + (tracker.summary_lines() if tracker else [])

@@ -1,6 +1,9 @@
 """Samplers turn a step's logits into the next character, and ``generate`` runs a model with them.
 
     names = generate(lm, params, vocab, SAMPLERS.build("topk", k=5), rng, n=10)
+
+A sampler is a dataclass: its fields are its options, declared once (the command line's ``sampler``
+group is made from them).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 
 from .checks import integer, positive
 from .model import softmax
-from .registry import SAMPLERS, plugin_repr
+from .registry import SAMPLERS
 
 
 def _draw(probs, rng):
@@ -21,16 +24,9 @@ def _draw(probs, rng):
     return np.minimum((cdf <= u).sum(axis=-1), probs.shape[-1] - 1)
 
 
-@SAMPLERS.register("softmax")
-class SoftmaxSampler:
-    """Sample from softmax(logits / temperature)."""
-
-    @dataclass
-    class Config:
-        temperature: float = 1.0
-
-    def __init__(self, temperature: float = 1.0):
-        self.temperature = positive("temperature", temperature)
+class Sampler:
+    """What the samplers share: the probabilities softmax(logits / temperature), one draw per row."""
+    temperature = 1.0
 
     def probs(self, logits):
         return softmax(np.asarray(logits, np.float64) / self.temperature)
@@ -38,37 +34,35 @@ class SoftmaxSampler:
     def __call__(self, logits, rng):
         return _draw(self.probs(logits), rng)
 
-    def __repr__(self):
-        return plugin_repr(self)
+
+@SAMPLERS.register("softmax")
+@dataclass
+class SoftmaxSampler(Sampler):
+    """Sample from softmax(logits / temperature)."""
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        self.temperature = positive("temperature", self.temperature)
 
 
 @SAMPLERS.register("greedy")
-class GreedySampler(SoftmaxSampler):
+@dataclass
+class GreedySampler(Sampler):
     """Always the most likely character (deterministic)."""
-
-    @dataclass
-    class Config:
-        pass
-
-    def __init__(self):
-        self.temperature = 1.0
 
     def __call__(self, logits, rng):
         return np.argmax(logits, axis=-1)
 
 
 @SAMPLERS.register("topk")
+@dataclass(kw_only=True)
 class TopKSampler(SoftmaxSampler):
     """Sample among the ``k`` most likely characters, renormalised."""
+    k: int = 5
 
-    @dataclass
-    class Config:
-        k: int = 5
-        temperature: float = 1.0
-
-    def __init__(self, k: int = 5, temperature: float = 1.0):
-        self.k = integer("k", k, 1)
-        self.temperature = positive("temperature", temperature)
+    def __post_init__(self):
+        super().__post_init__()
+        self.k = integer("k", self.k, 1)
 
     def probs(self, logits):
         p = super().probs(logits)
@@ -79,19 +73,16 @@ class TopKSampler(SoftmaxSampler):
 
 
 @SAMPLERS.register("topp")
+@dataclass(kw_only=True)
 class TopPSampler(SoftmaxSampler):
     """Nucleus sampling: the smallest set of most likely characters whose mass reaches ``p``."""
+    p: float = 0.9
 
-    @dataclass
-    class Config:
-        p: float = 0.9
-        temperature: float = 1.0
-
-    def __init__(self, p: float = 0.9, temperature: float = 1.0):
-        if not 0 < p <= 1:
-            raise ValueError(f"p must be in (0, 1], got {p}")
-        self.p = float(p)
-        self.temperature = positive("temperature", temperature)
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.p <= 1:
+            raise ValueError(f"p must be in (0, 1], got {self.p}")
+        self.p = float(self.p)
 
     def probs(self, logits):
         probs = super().probs(logits)

@@ -3,7 +3,8 @@
 
     SCHEDULES.build("cosine", warmup=100)(step, steps)   # → factor in [0, 1]
 
-Every schedule can start with a linear warm-up over ``warmup`` steps.
+Every schedule can start with a linear warm-up over ``warmup`` steps. A schedule is a dataclass: its
+fields are its options, declared once (the command line's ``schedule`` group is made from them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .checks import integer
-from .registry import SCHEDULES, plugin_repr
+from .registry import SCHEDULES
 
 
 def _warm(step: int, warmup: int) -> float:
@@ -20,57 +21,47 @@ def _warm(step: int, warmup: int) -> float:
 
 
 @SCHEDULES.register("constant")
+@dataclass
 class Constant:
     """The base learning rate (after the warm-up)."""
+    warmup: int = 0      # steps of linear warm-up from lr / warmup to lr
 
-    @dataclass
-    class Config:
-        warmup: int = 0
-
-    def __init__(self, warmup: int = 0):
-        self.warmup = integer("warmup", warmup, 0)
+    def __post_init__(self):
+        self.warmup = integer("warmup", self.warmup, 0)
 
     def __call__(self, step: int, steps: int) -> float:
         return _warm(step, self.warmup)
 
-    def __repr__(self):
-        return plugin_repr(self)
-
 
 @SCHEDULES.register("step")
+@dataclass(kw_only=True)
 class StepDecay(Constant):
     """Multiply the learning rate by ``gamma`` every ``every`` steps."""
+    every: int = 1000
+    gamma: float = 0.5
 
-    @dataclass
-    class Config:
-        every: int = 1000
-        gamma: float = 0.5
-        warmup: int = 0
-
-    def __init__(self, every: int = 1000, gamma: float = 0.5, warmup: int = 0):
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.every, self.gamma = integer("every", every, 1), float(gamma)
-        self.warmup = integer("warmup", warmup, 0)
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        self.every, self.gamma = integer("every", self.every, 1), float(self.gamma)
 
     def __call__(self, step: int, steps: int) -> float:
         return _warm(step, self.warmup) * self.gamma ** (step // self.every)
 
 
 @SCHEDULES.register("cosine")
+@dataclass(kw_only=True)
 class Cosine(Constant):
     """Cosine decay from the base learning rate (after the warm-up) to ``min_factor`` of it at the
     last step."""
+    min_factor: float = 0.0
 
-    @dataclass
-    class Config:
-        warmup: int = 0
-        min_factor: float = 0.0
-
-    def __init__(self, warmup: int = 0, min_factor: float = 0.0):
-        if not 0 <= min_factor <= 1:
-            raise ValueError(f"min_factor must be in [0, 1], got {min_factor}")
-        self.warmup, self.min_factor = integer("warmup", warmup, 0), float(min_factor)
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.min_factor <= 1:
+            raise ValueError(f"min_factor must be in [0, 1], got {self.min_factor}")
+        self.min_factor = float(self.min_factor)
 
     def __call__(self, step: int, steps: int) -> float:
         if step < self.warmup:

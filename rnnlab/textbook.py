@@ -14,7 +14,9 @@ course's ``utils.py``; here they are ``char_rnn_forward``/``char_rnn_backward`` 
 the step-by-step functions of the same name.
 
 This module is deliberately plain loops over time steps; the fast batched engine is ``rnnlab.cells``,
-and the tests cross-check the two on identical weights.
+and the tests cross-check the two on identical weights. ``to_engine`` and ``from_engine`` carry weights
+(or gradients) across: the engine's layout is the transpose (inputs × units), its biases are flat, and
+its LSTM gates are fused in the order i, f, o, g where the course has separate f, i, c, o.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "rnn_step_forward", "rnn_step_backward", "update_parameters",
     "char_rnn_forward", "char_rnn_backward",
     "clip", "sample", "optimize", "model",
+    "to_engine", "from_engine",
 ]
 
 
@@ -46,6 +49,55 @@ def softmax(x):
 def sigmoid(x):
     """Logistic function ``1 / (1 + exp(-x))``."""
     return 1 / (1 + np.exp(-x))
+
+
+# ------------------------------------------------------------------------ the bridge to the engine
+
+LSTM_GATES = ("i", "f", "o", "c")   # the engine's fused order (its g is the course's candidate c)
+
+
+def to_engine(parameters: dict) -> dict:
+    """Textbook weights → the engine's: ``{"Wx": (n_x, G*n_a), "Wh": (n_a, G*n_a), "b": (G*n_a,)}``.
+
+    An RNN (``Wax``, ``Waa`` and ``ba``, or ``b`` for the character model) gives G = 1; an LSTM (``Wf``,
+    ``Wi``, ``Wc``, ``Wo`` acting on ``[a_prev; x]``, biases ``bf``…) gives G = 4, gates reordered to
+    i, f, o, g. An output layer (``Wya`` or ``Wy``, ``by``) comes along as the character model's
+    ``Wy (n_a, n_y)`` and ``by (n_y,)``.
+    """
+    p = parameters
+    if "Wax" in p:
+        out = {"Wx": p["Wax"].T, "Wh": p["Waa"].T, "b": p["ba" if "ba" in p else "b"].ravel()}
+    else:
+        n_a = p["Wf"].shape[0]
+        out = {"Wx": np.concatenate([p["W" + g][:, n_a:].T for g in LSTM_GATES], axis=1),
+               "Wh": np.concatenate([p["W" + g][:, :n_a].T for g in LSTM_GATES], axis=1),
+               "b": np.concatenate([p["b" + g].ravel() for g in LSTM_GATES])}
+    output = p.get("Wya", p.get("Wy"))
+    if output is not None:
+        out.update(Wy=output.T, by=p["by"].ravel())
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def from_engine(params: dict, prefix: str = "", rnn_bias: str = "ba") -> dict:
+    """The engine's weights (or gradients, with ``prefix="d"``) → the textbook's names and shapes; the
+    inverse of ``to_engine``. The cell is told by its gate count: 1 an RNN (bias ``rnn_bias``: ``ba``,
+    or ``b`` for the character model), 4 an LSTM."""
+    n_a = params["Wh"].shape[0]
+    gates = params["Wh"].shape[1] // n_a
+    if gates == 1:
+        out = {"Wax": params["Wx"].T, "Waa": params["Wh"].T, rnn_bias: params["b"][:, None]}
+        output_name = "Wya"
+    elif gates == 4:
+        out, output_name = {}, "Wy"
+        for j, g in enumerate(LSTM_GATES):
+            cols = slice(j * n_a, (j + 1) * n_a)
+            out["W" + g] = np.concatenate([params["Wh"][:, cols].T, params["Wx"][:, cols].T], axis=1)
+            out["b" + g] = params["b"][cols][:, None]
+    else:
+        raise ValueError(f"the textbook has no cell with {gates} gates (RNN: 1, LSTM: 4)")
+    if "Wy" in params:
+        out.update({output_name: params["Wy"].T, "by": params["by"][:, None]})
+    return {prefix + k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------------------- RNN, step by step
@@ -390,7 +442,8 @@ def _examples(data):
     return [line.lower().strip() for line in lines]
 
 
-def model(data, ix_to_char, char_to_ix, num_iterations=35000, n_a=50, dino_names=7, vocab_size=27):
+def model(data, ix_to_char, char_to_ix, num_iterations=35000, n_a=50, dino_names=7, vocab_size=27,
+          hook=None):
     """Train the character RNN one name at a time, exactly as the course does, and return the parameters.
 
     data: the corpus text (one example per line), or a list of its lines. The examples are lowercased,
@@ -398,6 +451,8 @@ def model(data, ix_to_char, char_to_ix, num_iterations=35000, n_a=50, dino_names
     ``j % len(examples)`` with input ``[None] + indices`` and target ``indices + [newline]``, carrying the
     hidden state from one name to the next. Every 2000 iterations it prints
     ``Iteration: %d, Loss: %f`` (loss smoothed from ``get_initial_loss``) and ``dino_names`` samples.
+    ``hook(j, parameters, curr_loss)``, if given, is called after each iteration's update (to measure
+    the run as it goes without changing it; not part of the course).
     """
     n_x, n_y = vocab_size, vocab_size
     parameters = initialize_parameters(n_a, n_x, n_y)
@@ -412,6 +467,8 @@ def model(data, ix_to_char, char_to_ix, num_iterations=35000, n_a=50, dino_names
         Y = X[1:] + [char_to_ix["\n"]]
         curr_loss, gradients, a_prev = optimize(X, Y, a_prev, parameters, learning_rate=0.01)
         loss = smooth(loss, curr_loss)
+        if hook is not None:
+            hook(j, parameters, curr_loss)
         if j % 2000 == 0:
             print("Iteration: %d, Loss: %f" % (j, loss) + "\n")
             seed = 0

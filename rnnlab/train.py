@@ -1,11 +1,12 @@
 """The training loop in library form: no Hydra, no MLflow, no printing.
 
-    history = train(lm, params, dataset, optimizer, clipper, steps=2000, batch_size=32, seed=0)
+    history = train(lm, params, dataset, optimizer, clipper, TrainOptions(steps=2000, batch_size=32))
 
 Each step takes the batch of that step (a pure function of seed and step), runs forward and BPTT,
 clips, and updates the parameters in place. Every ``eval_every`` steps it measures the validation loss;
 every ``sample_every`` steps it generates samples. Callbacks hear about all of it (a logger, a progress
 bar, a checkpointer). A non-finite loss or gradient stops the run with ``TrainingDiverged``.
+``TrainOptions`` declares the loop's options once: the command line's top-level options include them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,39 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import check_options, option
+from .data import ends_at_eol
 from .model import nats_to_bits
 from .sampling import SoftmaxSampler, generate
+
+SMOOTHING = 0.98     # of the exponential moving average of the training loss (``smooth_loss``)
+
+
+@dataclass
+class TrainOptions:
+    """The options of the training loop, with their defaults (also the command line's)."""
+    steps: int = option(800, "training steps (one batch each)", "> 0")
+    batch_size: int = option(32, "sequences per batch", "> 0")
+    seed: int = option(0, "one seed for initialisation, batch order, dropout and sampling")
+    eval_every: int = option(50, "measure the validation loss every N steps (and at the last one)", "> 0")
+    sample_every: int = option(200, "generate samples every N steps (and at the last one)", ">= 0",
+                               zero="never")
+    num_samples: int = option(10, "samples generated each time", "> 0")
+    max_len: int = option(50, "longest generated sample (names); characters generated (running text)", "> 0")
+    report_samples: int = option(1000, "at the end, samples of the best model: the share of new names vs "
+                                 "copies of the data", ">= 0", zero="no final sample report")
+    patience: int = option(0, "early stopping: evaluations without improvement before stopping", ">= 0",
+                           zero="no early stopping")
+    min_delta: float = option(0.0, "the improvement of val_nll that counts", ">= 0")
+
+
+@dataclass
+class Resume:
+    """Where a resumed run starts: the steps already done, the hidden state carried into the next one
+    (running text; None for zeros), and the best validation loss so far."""
+    step: int = 0
+    state: object = None
+    best_val_nll: float = math.inf
 
 
 class TrainingDiverged(FloatingPointError):
@@ -31,12 +63,12 @@ class TrainingDiverged(FloatingPointError):
 class Callback:
     """Hooks of the training loop; override what you need."""
 
-    def on_start(self, step: int, history: "History") -> None: ...
+    def on_start(self, step: int, history: History) -> None: ...
     def on_step(self, step: int, metrics: dict) -> None: ...
     def on_eval(self, step: int, metrics: dict) -> None: ...
     def on_samples(self, step: int, samples: list[str]) -> None: ...
     def on_report(self, step: int, metrics: dict) -> None: ...   # sample novelty, test loss
-    def on_end(self, step: int, history: "History") -> None: ...
+    def on_end(self, step: int, history: History) -> None: ...
 
 
 @dataclass
@@ -66,9 +98,9 @@ class History:
 def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = None) -> float:
     """Mean negative log-likelihood in nats per character over a whole split.
 
-    ``batch_size`` None: the dataset's own choice — 256 names per batch, or running text read as 16
+    ``batch_size`` None: the dataset's own choice — 256 names per batch, or running text read as a few
     streams with the state carried along each (every stream starts cold, so many short streams would
-    inflate the loss: on Tiny Shakespeare's last 5 %, 256 streams read 0.03 nats/char worse than one).
+    inflate the loss).
     """
     total, count, state = 0.0, 0.0, None
     batches = dataset.eval_batches(split) if batch_size is None else dataset.eval_batches(split, batch_size)
@@ -87,7 +119,7 @@ def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = N
 def sample_report(dataset, samples: list[str]) -> dict:
     """For name datasets: the shares of ``samples`` that copy a training name, copy a held-out
     (validation or test) name, or are new (makemore's split). Empty for running text."""
-    if not hasattr(dataset, "lines") or not samples:
+    if not ends_at_eol(dataset.kind) or not samples:
         return {}
     train = set(dataset.lines["train"])
     heldout = set(dataset.lines["val"]) | set(dataset.lines["test"])
@@ -98,111 +130,133 @@ def sample_report(dataset, samples: list[str]) -> dict:
             "samples_new": (n - in_train - in_heldout) / n}
 
 
-def train(lm, params: dict, dataset, optimizer, clipper, steps: int, batch_size: int = 32, seed: int = 0,
-          eval_every: int = 200, sample_every: int = 0, num_samples: int = 5, sampler=None,
-          start_step: int = 0, state=None, callbacks=(), smoothing: float = 0.98, schedule=None,
-          patience: int = 0, min_delta: float = 0.0, best: float = math.inf, report_samples: int = 0,
-          max_len: int = 50) -> History:
-    """Train ``params`` in place for steps ``start_step … steps - 1`` and return the ``History``.
+def train(lm, params: dict, dataset, optimizer, clipper, options: TrainOptions, *, sampler=None,
+          schedule=None, callbacks=(), resume: Resume | None = None) -> History:
+    """Train ``params`` in place for the steps ``resume.step … options.steps - 1`` and return the ``History``.
 
     schedule: ``schedule(step, steps)`` → factor of the optimizer's learning rate at each step (None:
-    constant). patience: stop early after that many evaluations without an improvement of the
-    validation loss by more than ``min_delta`` (0: never); ``History.stopped_at`` then says where.
-    state: the hidden state carried into ``start_step`` (running text; None for zeros). The final
-    validation loss is measured at the last step whatever ``eval_every`` is. best: the best validation
-    loss before ``start_step`` (a resumed run).
+    constant). ``options.patience``: stop early after that many evaluations without an improvement of
+    the validation loss by more than ``min_delta`` (0: never); ``History.stopped_at`` then says where.
+    The final validation loss is measured at the last step whatever ``eval_every`` is. resume: where a
+    resumed run starts (None: from scratch).
 
     At the end, with the parameters of the best validation loss (``History.best_params``; the last
-    ones if no evaluation improved on ``best``): the test split, if the dataset has one, is evaluated
-    once (``History.test_nll``), and ``report_samples`` samples are drawn for the sample report
-    (``History.report``). Both reach the callbacks' ``on_report``; so does the sample report of
+    ones if no evaluation improved on the best before): the test split, if the dataset has one, is
+    evaluated once (``History.test_nll``), and ``report_samples`` samples are drawn for the sample
+    report (``History.report``). Both reach the callbacks' ``on_report``; so does the sample report of
     every periodic batch of samples.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    dataset.check_batch_size(batch_size)
-    sampler = sampler or SoftmaxSampler()
-    if patience < 0:
-        raise ValueError(f"patience must be >= 0, got {patience}")
-    hist = History(state=state)
-    smooth = None
+    check_options(options)
+    dataset.check_batch_size(options.batch_size)
+    loop = _Loop(lm, params, dataset, options, sampler or SoftmaxSampler(), callbacks, resume or Resume())
     base_lr = optimizer.lr
-    stale = 0
-    stop_at_eol = hasattr(dataset, "lines")  # names end at a newline; running text goes on
     for cb in callbacks:
-        cb.on_start(start_step, hist)
-    for step in range(start_step, steps):
-        batch = dataset.train_batch(step, batch_size, seed)
+        cb.on_start(loop.start, loop.hist)
+    try:
+        for step in range(loop.start, options.steps):
+            if schedule is not None:
+                optimizer.lr = base_lr * schedule(step, options.steps)
+            loop.train_step(step, optimizer, clipper)
+            last = step == options.steps - 1
+            if options.eval_every and ((step + 1) % options.eval_every == 0 or last):
+                last = loop.evaluate(step, last) or last
+            if options.sample_every and ((step + 1) % options.sample_every == 0 or last):
+                loop.sample(step)
+            if loop.hist.stopped_at is not None:
+                break
+    finally:
+        optimizer.lr = base_lr
+    return loop.finish()
+
+
+class _Loop:
+    """The state of one call of ``train`` and its parts: a step, an evaluation, samples, the end."""
+
+    def __init__(self, lm, params, dataset, options, sampler, callbacks, resume: Resume):
+        self.lm, self.params, self.dataset, self.o = lm, params, dataset, options
+        self.sampler, self.callbacks = sampler, callbacks
+        self.start, self.state, self.best = resume.step, resume.state, resume.best_val_nll
+        self.hist = History(state=resume.state)
+        self.smooth, self.stale = None, 0
+        self.names = ends_at_eol(dataset.kind)   # samples end at the end of a line
+
+    def train_step(self, step: int, optimizer, clipper) -> None:
+        """Forward, backward, clip, update; record and report the step."""
+        lm, o, hist = self.lm, self.o, self.hist
+        batch = self.dataset.train_batch(step, o.batch_size, o.seed)
         if batch.reset:
-            state = None
+            self.state = None
         t0 = time.perf_counter()
-        rng = np.random.default_rng([seed, 2, step]) if lm.dropout else None  # this step's dropout masks
-        loss, grads, state = lm.loss_and_grads(params, batch.x, batch.y, batch.mask, state, rng=rng)
+        rng = np.random.default_rng([o.seed, 2, step]) if lm.dropout else None  # this step's dropout masks
+        loss, grads, self.state = lm.loss_and_grads(self.params, batch.x, batch.y, batch.mask, self.state,
+                                                    rng=rng)
         norm = clipper(grads)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, "the training loss", loss)
         if not math.isfinite(norm):
             raise TrainingDiverged(step, "the gradient norm", norm)
-        if schedule is not None:
-            optimizer.lr = base_lr * schedule(step, steps)
-        optimizer.step(params, grads)
+        optimizer.step(self.params, grads)
         dt = time.perf_counter() - t0
         n_chars = int(batch.mask.sum())
         hist.chars += n_chars
         hist.seconds += dt
-        smooth = loss if smooth is None else smoothing * smooth + (1 - smoothing) * loss
+        self.smooth = loss if self.smooth is None else SMOOTHING * self.smooth + (1 - SMOOTHING) * loss
         hist.step.append(step)
         hist.train_loss.append(loss)
-        hist.smooth_loss.append(smooth)
+        hist.smooth_loss.append(self.smooth)
         hist.grad_norm.append(norm)
-        hist.state = state
-        metrics = {"train_loss": loss, "smooth_loss": smooth, "grad_norm": norm, "lr": optimizer.lr,
+        hist.state = self.state
+        metrics = {"train_loss": loss, "smooth_loss": self.smooth, "grad_norm": norm, "lr": optimizer.lr,
                    "chars_per_sec": n_chars / dt if dt > 0 else math.inf}
-        for cb in callbacks:
+        for cb in self.callbacks:
             cb.on_step(step, metrics)
-        last = step == steps - 1
-        if eval_every and ((step + 1) % eval_every == 0 or last):
-            val = evaluate(lm, params, dataset, "val")
-            hist.eval_step.append(step)
-            hist.val_nll.append(val)
-            for cb in callbacks:
-                cb.on_eval(step, {"val_nll": val, "val_bpc": nats_to_bits(val)})
-            if val < best:
-                hist.best_step, hist.best_params = step, {k: v.copy() for k, v in params.items()}
-            if val < best - min_delta:
-                stale = 0
-            else:
-                stale += 1
-            best = min(best, val)
-            if patience and stale >= patience and not last:
-                hist.stopped_at, last = step, True
-        if sample_every and ((step + 1) % sample_every == 0 or last):
-            rng = np.random.default_rng([seed, 1, step])
-            texts = generate(lm, params, dataset.vocab, sampler, rng, n=num_samples, max_len=max_len,
-                             stop_at_eol=stop_at_eol)
-            hist.samples[step] = texts
-            report = sample_report(dataset, texts)
-            for cb in callbacks:
-                cb.on_samples(step, texts)
-                if report:
-                    cb.on_report(step, report)
-        if hist.stopped_at is not None:
-            break
-    optimizer.lr = base_lr
-    end = hist.step[-1] if hist.step else steps - 1
-    final = hist.best_params or params
-    report = {}
-    if dataset.num_chars("test") > 0:
-        hist.test_nll = evaluate(lm, final, dataset, "test")
-        report.update(test_nll=hist.test_nll, test_bpc=nats_to_bits(hist.test_nll))
-    if report_samples and stop_at_eol:
-        texts = generate(lm, final, dataset.vocab, sampler, np.random.default_rng([seed, 3]),
-                         n=report_samples, max_len=max_len)
-        hist.report = {**sample_report(dataset, texts), "samples": texts}
-        report.update({f"final_{k}": v for k, v in hist.report.items() if k != "samples"})
-    if report:
-        for cb in callbacks:
-            cb.on_report(end, report)
-    for cb in callbacks:
-        cb.on_end(end, hist)
-    return hist
+
+    def evaluate(self, step: int, last: bool) -> bool:
+        """Measure the validation loss, keep the best parameters; True when early stopping ends the run."""
+        val = evaluate(self.lm, self.params, self.dataset, "val")
+        self.hist.eval_step.append(step)
+        self.hist.val_nll.append(val)
+        for cb in self.callbacks:
+            cb.on_eval(step, {"val_nll": val, "val_bpc": nats_to_bits(val)})
+        if val < self.best:
+            self.hist.best_step, self.hist.best_params = step, {k: v.copy() for k, v in self.params.items()}
+        self.stale = 0 if val < self.best - self.o.min_delta else self.stale + 1
+        self.best = min(self.best, val)
+        if self.o.patience and self.stale >= self.o.patience and not last:
+            self.hist.stopped_at = step
+            return True
+        return False
+
+    def sample(self, step: int) -> None:
+        """The periodic samples, and their report (names)."""
+        o = self.o
+        texts = generate(self.lm, self.params, self.dataset.vocab, self.sampler,
+                         np.random.default_rng([o.seed, 1, step]), n=o.num_samples, max_len=o.max_len,
+                         stop_at_eol=self.names)
+        self.hist.samples[step] = texts
+        report = sample_report(self.dataset, texts)
+        for cb in self.callbacks:
+            cb.on_samples(step, texts)
+            if report:
+                cb.on_report(step, report)
+
+    def finish(self) -> History:
+        """The test loss and the sample report of the best parameters; the callbacks' ends."""
+        hist, o = self.hist, self.o
+        end = hist.step[-1] if hist.step else o.steps - 1
+        final = hist.best_params or self.params
+        report = {}
+        if self.dataset.num_chars("test") > 0:
+            hist.test_nll = evaluate(self.lm, final, self.dataset, "test")
+            report.update(test_nll=hist.test_nll, test_bpc=nats_to_bits(hist.test_nll))
+        if o.report_samples and self.names:
+            texts = generate(self.lm, final, self.dataset.vocab, self.sampler,
+                             np.random.default_rng([o.seed, 3]), n=o.report_samples, max_len=o.max_len)
+            hist.report = {**sample_report(self.dataset, texts), "samples": texts}
+            report.update({f"final_{k}": v for k, v in hist.report.items() if k != "samples"})
+        for cb in self.callbacks:
+            if report:
+                cb.on_report(end, report)
+        for cb in self.callbacks:
+            cb.on_end(end, hist)
+        return hist

@@ -47,31 +47,6 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def rnn_to_engine(p):
-    """Textbook RNN parameters (Wax, Waa, ba) → engine parameters (Wx, Wh, b)."""
-    return {"Wx": p["Wax"].T.copy(), "Wh": p["Waa"].T.copy(), "b": p["ba"].ravel().copy()}
-
-
-def lstm_to_engine(p, n_a):
-    """Textbook LSTM gates (f, i, c, o on [a_prev; x]) → engine fused (i, f, o, g) Wx, Wh, b."""
-    order = ("Wi", "Wf", "Wo", "Wc")
-    return {
-        "Wx": np.concatenate([p[k][:, n_a:].T for k in order], axis=1),
-        "Wh": np.concatenate([p[k][:, :n_a].T for k in order], axis=1),
-        "b": np.concatenate([p["b" + k[1]].ravel() for k in order]),
-    }
-
-
-def lstm_grads_from_engine(g, n_a):
-    """Engine LSTM gradients → the textbook's dWf, dWi, dWc, dWo, dbf, dbi, dbc, dbo."""
-    out = {}
-    for j, name in enumerate(("i", "f", "o", "c")):
-        cols = slice(j * n_a, (j + 1) * n_a)
-        out["dW" + name] = np.concatenate([g["Wh"][:, cols].T, g["Wx"][:, cols].T], axis=1)
-        out["db" + name] = g["b"][cols].reshape(-1, 1)
-    return out
-
-
 def free_port():
     import socket
     with socket.socket() as s:

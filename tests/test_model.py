@@ -86,7 +86,7 @@ def test_float32_model(rng):
 
 
 def test_bad_model_arguments():
-    with pytest.raises(UnknownPluginError, match="Unknown cells 'lstn'.*Did you mean 'lstm'"):
+    with pytest.raises(UnknownPluginError, match=r"Unknown cells 'lstn'.*Did you mean 'lstm'"):
         CharLM(V, "lstn")
     with pytest.raises(ValueError, match="hidden_size must be an integer >= 1, got 0"):
         CharLM(V, "rnn", 0)

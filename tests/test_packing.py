@@ -149,7 +149,7 @@ def test_optimizers_on_the_flat_buffer_equal_array_by_array(name, rng):
     flat = lm.init_params(rng)
     plain = {k: v.copy() for k, v in flat.items()}
     a, b = (OPTIMIZERS.build(name, lr=0.01, weight_decay=0.1) for _ in range(2))
-    for step in range(3):
+    for _ in range(3):
         g = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in plain.items()}
         a.step(flat, FlatParams(g))
         b.step(plain, g)

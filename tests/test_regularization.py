@@ -11,7 +11,7 @@ from rnnlab.data import LineDataset, TextDataset
 from rnnlab.gradcheck import gradcheck
 from rnnlab.model import CharLM
 from rnnlab.optim import OPTIMIZERS
-from rnnlab.train import History, evaluate, sample_report, train
+from rnnlab.train import History, TrainOptions, evaluate, sample_report, train
 
 V, T, B, H = 7, 6, 4, 5
 
@@ -78,7 +78,7 @@ def test_embedding_model_samples_and_round_trips_through_a_checkpoint(tmp_path, 
     logits, _ = lm.step(params, np.zeros(3, np.int64), lm.initial_state(3))
     (full, _), _ = lm.forward(params, np.zeros((1, 3), np.int64))
     np.testing.assert_allclose(logits, full[0], rtol=1e-5)
-    path = ckpt_io.save(tmp_path / "c.npz", ckpt_io.Checkpoint(params, {"step": 1, **ckpt_io.model_meta(lm, ds.vocab)}))
+    path = ckpt_io.save(tmp_path / "c.npz", ckpt_io.Checkpoint(params, {"step": 1, **ckpt_io.model_meta(lm, ds.vocab, ds.kind)}))
     lm2, params2, _ = ckpt_io.restore_model(ckpt_io.load(path))
     assert (lm2.embedding_size, lm2.dropout, lm2.num_layers) == (4, 0.1, 2)
     assert all(np.array_equal(params[k], params2[k]) for k in params)
@@ -156,7 +156,7 @@ def test_text_training_carries_the_state_between_chunks_and_resets_between_passe
     lm.loss_and_grads = spy
     n_chunks = -(-((len(ds.ids["train"]) - 1) // 4) // 20)
     train(lm, lm.init_params(np.random.default_rng(0)), ds, OPTIMIZERS.build("sgd", lr=0.1), NormClip(5),
-          steps=n_chunks + 2, batch_size=4, eval_every=0)
+          TrainOptions(steps=n_chunks + 2, batch_size=4, eval_every=n_chunks + 2, sample_every=0))
     starts, finals = seen[0::2], seen[1::2]
     assert starts[0] is None and starts[n_chunks] is None        # each pass over the streams starts fresh
     for step in list(range(1, n_chunks)) + [n_chunks + 1]:       # … and carries the state within it
@@ -180,8 +180,8 @@ def test_test_split_is_evaluated_once_with_the_best_parameters(rng):
         def __getattr__(self, name):
             return lambda *a: reports.append(a[1]) if name == "on_report" else None
 
-    hist = train(lm, lm.init_params(rng), ds, OPTIMIZERS.build("adam", lr=0.05), NormClip(5), steps=300,
-                 batch_size=8, eval_every=10, callbacks=[Spy()], report_samples=200)
+    hist = train(lm, lm.init_params(rng), ds, OPTIMIZERS.build("adam", lr=0.05), NormClip(5),
+                 TrainOptions(steps=300, batch_size=8, eval_every=10, report_samples=200), callbacks=[Spy()])
     best = int(np.argmin(hist.val_nll))
     assert best < len(hist.val_nll) - 1          # overfitting: the best is not the last evaluation
     assert hist.best_step == hist.eval_step[best]
@@ -192,7 +192,7 @@ def test_test_split_is_evaluated_once_with_the_best_parameters(rng):
     assert sum(hist.report[k] for k in ("samples_in_train", "samples_in_heldout", "samples_new")) == 1
     assert reports[-1]["final_samples_new"] == hist.report["samples_new"]
     no_test = train(lm, lm.init_params(rng), names_dataset(0.0), OPTIMIZERS.build("adam", lr=0.05),
-                    NormClip(5), steps=5, batch_size=8, eval_every=5)
+                    NormClip(5), TrainOptions(steps=5, batch_size=8, eval_every=5, report_samples=0))
     assert no_test.test_nll is None and no_test.report == {}
 
 
@@ -223,6 +223,6 @@ def test_text_evaluation_carries_the_state_through_each_stream(rng):
     whole, _ = lm.loss(params, ids[:-1, None], ids[1:, None])
     assert evaluate(lm, params, ds, "val", batch_size=1) == pytest.approx(whole, rel=1e-12)
     default = evaluate(lm, params, ds, "val")
-    assert [b.x.shape[1] for b in ds.eval_batches("val")][0] == 16
+    assert next(iter(ds.eval_batches("val"))).x.shape[1] == 16
     many = evaluate(lm, params, ds, "val", batch_size=256)
     assert abs(default - whole) < abs(many - whole)

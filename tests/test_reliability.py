@@ -81,7 +81,7 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
     resume from it ends exactly where an uninterrupted run ends."""
     args = [*SLOW_RUN, "steps=3000", "checkpoint_every=1", "cell.hidden_size=96"]
     rng = np.random.default_rng(0)
-    for attempt in range(3):
+    for _ in range(3):
         proc = start(args, tmp_path)
         wait_for(proc, "step 10/3000")
         time.sleep(float(rng.uniform(0.05, 0.6)))
@@ -165,7 +165,7 @@ def small_checkpoint(tmp_path):
     lm = CharLM(4, "gru", 3)
     vocab = Vocab(("\n", "a", "b", "c"))
     ck = ckpt_io.Checkpoint(params=lm.init_params(np.random.default_rng(0)),
-                            meta={"step": 3, **ckpt_io.model_meta(lm, vocab)})
+                            meta={"step": 3, **ckpt_io.model_meta(lm, vocab, "lines")})
     return ckpt_io.save(tmp_path / "ck.npz", ck), lm
 
 
@@ -251,7 +251,7 @@ def test_tracking_server_going_away_loses_nothing_local(tmp_path, mlflow_server)
         out = proc.communicate(timeout=400)[0]
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError("the run hung after the server died:\n" + proc.communicate()[0][-5000:])
+        raise AssertionError("the run hung after the server died:\n" + proc.communicate()[0][-5000:]) from None
     assert proc.returncode == 0, out
     assert f"MLflow tracking at {mlflow_server.uri} failed" in out
     assert "metric values could not be sent" in out and "The local checkpoints are intact" in out

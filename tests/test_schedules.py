@@ -10,7 +10,7 @@ from rnnlab.data import LineDataset
 from rnnlab.model import CharLM
 from rnnlab.optim import SGD
 from rnnlab.registry import SCHEDULES
-from rnnlab.train import Callback, train
+from rnnlab.train import Callback, TrainOptions, train
 
 TOY = "\n".join(["anna", "bob", "otto", "hannah", "ada", "eve", "abba", "elle", "nan", "pip"] * 3)
 
@@ -33,7 +33,7 @@ def test_schedule_values():
             SCHEDULES.build(name, **bad)
 
 
-def toy_run(**kw):
+def toy_run(schedule=None, **kw):
     ds = LineDataset(TOY, val_fraction=0.2, seed=0)
     lm = CharLM(len(ds.vocab), "rnn", 16)
     params = lm.init_params(np.random.default_rng(0))
@@ -44,7 +44,8 @@ def toy_run(**kw):
             lrs.append(metrics["lr"])
 
     opt = SGD(0.5)
-    hist = train(lm, params, ds, opt, NormClip(5), batch_size=4, callbacks=[LR()], **kw)
+    hist = train(lm, params, ds, opt, NormClip(5), TrainOptions(batch_size=4, **kw), schedule=schedule,
+                 callbacks=[LR()])
     return hist, lrs, opt
 
 

@@ -12,7 +12,7 @@ from rnnlab import textbook as tb
 from rnnlab.cells import LSTM, RNN
 from rnnlab.data import Vocab
 
-from conftest import lstm_grads_from_engine, lstm_to_engine, rnn_to_engine, shared_file
+from conftest import shared_file
 
 CHARS = "\nabcdefghijklmnopqrstuvwxyz"
 CHAR_TO_IX = {c: i for i, c in enumerate(CHARS)}
@@ -364,13 +364,14 @@ def test_rnn_textbook_matches_engine():
     da = np.random.randn(n_a, m, T)
     g = tb.rnn_backward(da, caches)
 
-    cell, ep = RNN(), rnn_to_engine(p)
+    cell, ep = RNN(), tb.to_engine(p)
     (hs, (hT,)), cache = cell.forward(x.transpose(2, 1, 0), (a0.T,), ep)
     np.testing.assert_allclose(hs.transpose(2, 1, 0), a, rtol=1e-12, atol=1e-12)
     eg, (dx, (dh0,)) = cell.backward(da.transpose(2, 1, 0), cache)
-    np.testing.assert_allclose(eg["Wx"].T, g["dWax"], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(eg["Wh"].T, g["dWaa"], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(eg["b"], g["dba"].ravel(), rtol=1e-10, atol=1e-12)
+    back = tb.from_engine(eg, prefix="d")
+    assert set(back) == {"dWax", "dWaa", "dba"}
+    for k, v in back.items():
+        np.testing.assert_allclose(v, g[k], rtol=1e-10, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(dx.transpose(2, 1, 0), g["dx"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dh0.T, g["da0"], rtol=1e-10, atol=1e-12)
 
@@ -384,12 +385,14 @@ def test_lstm_textbook_matches_engine():
     da = np.random.randn(n_a, m, T)
     g = tb.lstm_backward(da, caches)
 
-    cell, ep = LSTM(), lstm_to_engine(p, n_a)
+    cell, ep = LSTM(), tb.to_engine(p)
     (hs, (hT, cT)), cache = cell.forward(x.transpose(2, 1, 0), (a0.T, np.zeros((m, n_a))), ep)
     np.testing.assert_allclose(hs.transpose(2, 1, 0), a, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cT.T, c[:, :, -1], rtol=1e-12, atol=1e-12)
     eg, (dx, (dh0, dc0)) = cell.backward(da.transpose(2, 1, 0), cache)
-    for k, v in lstm_grads_from_engine(eg, n_a).items():
+    back = tb.from_engine(eg, prefix="d")
+    assert set(back) == {"dW" + gate for gate in "fico"} | {"db" + gate for gate in "fico"}
+    for k, v in back.items():
         np.testing.assert_allclose(v, g[k], rtol=1e-10, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(dx.transpose(2, 1, 0), g["dx"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dh0.T, g["da0"], rtol=1e-10, atol=1e-12)
@@ -398,9 +401,26 @@ def test_lstm_textbook_matches_engine():
 def test_textbook_sample_matches_engine_step():
     """The dinosaur RNN's step is the engine's RNN step on the same weights (course bias name ``b``)."""
     p = sample_params(5)
-    ep = {"Wx": p["Wax"].T, "Wh": p["Waa"].T, "b": p["b"].ravel()}
+    ep = tb.to_engine(p)
     x = np.zeros((27, 1)); x[3] = 1
     a_prev = np.random.randn(100, 1)
     a, _ = tb.rnn_step_forward(p, a_prev, x)
     (h,) = RNN().step(np.array([3]), (a_prev.T,), ep)
     np.testing.assert_allclose(h.T, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "char-rnn", "lstm"])
+def test_bridge_to_the_engine_and_back_is_the_identity(cell):
+    np.random.seed(3)
+    params = lstm_params() if cell == "lstm" else rnn_params()
+    bias = "b" if cell == "char-rnn" else "ba"
+    if cell == "char-rnn":   # the character model names its hidden bias b
+        params["b"] = params.pop("ba")
+    engine = tb.to_engine(params)
+    assert set(engine) == {"Wx", "Wh", "b", "Wy", "by"} and engine["b"].ndim == 1
+    back = tb.from_engine(engine, rnn_bias=bias)
+    assert set(back) == set(params)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k], err_msg=k)
+    with pytest.raises(ValueError, match="no cell with 3 gates"):
+        tb.from_engine({"Wx": np.zeros((2, 6)), "Wh": np.zeros((2, 6)), "b": np.zeros(6)})

@@ -4,20 +4,22 @@ import numpy as np
 import pytest
 
 from rnnlab.clipping import NormClip
-from rnnlab.data import LineDataset, load_dataset, unigram_nll
+from rnnlab.baselines import unigram_nll
+from rnnlab.data import LineDataset, load_dataset
 from rnnlab.model import CharLM
 from rnnlab.optim import Adam
-from rnnlab.train import Callback, TrainingDiverged, evaluate, train
+from rnnlab.train import Callback, TrainingDiverged, TrainOptions, evaluate, train
 
 TOY = "\n".join(["anna", "bob", "otto", "hannah", "ada", "eve", "abba", "elle", "nan", "pip"] * 3)
 
 
-def run(cell="lstm", steps=30, seed=0, ds=None, **kw):
+def run(cell="lstm", steps=30, seed=0, ds=None, callbacks=(), **kw):
     ds = ds or LineDataset(TOY, val_fraction=0.2, seed=0)
     lm = CharLM(len(ds.vocab), cell, 16)
     params = lm.init_params(np.random.default_rng(seed))
-    hist = train(lm, params, ds, Adam(0.02), NormClip(5), steps=steps, batch_size=4, seed=seed,
-                 eval_every=10, **kw)
+    hist = train(lm, params, ds, Adam(0.02), NormClip(5),
+                 TrainOptions(**{"steps": steps, "batch_size": 4, "seed": seed, "eval_every": 10, **kw}),
+                 callbacks=callbacks)
     return lm, params, hist, ds
 
 
@@ -62,7 +64,7 @@ def test_divergence_stops_with_the_step():
     params = lm.init_params(np.random.default_rng(0))
     params["Wy"][0, 0] = np.nan
     with pytest.raises(TrainingDiverged, match="training diverged at step 0: the training loss is nan"):
-        train(lm, params, ds, Adam(0.01), NormClip(5), steps=5, batch_size=4)
+        train(lm, params, ds, Adam(0.01), NormClip(5), TrainOptions(steps=5, batch_size=4))
 
 
 def test_text_training_carries_state():
@@ -71,7 +73,7 @@ def test_text_training_carries_state():
     ds = TextDataset(text, val_fraction=0.1, seq_len=16)
     lm = CharLM(len(ds.vocab), "gru", 32)
     params = lm.init_params(np.random.default_rng(0))
-    hist = train(lm, params, ds, Adam(0.02), NormClip(5), steps=150, batch_size=4, eval_every=50)
+    hist = train(lm, params, ds, Adam(0.02), NormClip(5), TrainOptions(steps=150, batch_size=4, eval_every=50))
     assert hist.state is not None and hist.state[0][0].shape == (4, 32)
     assert hist.val_nll[-1] < 0.5 * unigram_nll(ds.targets("train"), ds.targets("val"), len(ds.vocab))
 
@@ -85,7 +87,20 @@ def test_lstm_learns_the_builtin_names_and_beats_an_rnn():
     for cell in ("rnn", "lstm"):
         lm = CharLM(len(ds.vocab), cell, 64)
         params = lm.init_params(np.random.default_rng(0))
-        hist = train(lm, params, ds, Adam(0.01), NormClip(5), steps=600, batch_size=32, eval_every=100)
+        hist = train(lm, params, ds, Adam(0.01), NormClip(5),
+                     TrainOptions(steps=600, batch_size=32, eval_every=100))
         final[cell] = hist.best_val_nll
     assert final["lstm"] < unigram - 0.5, (final, unigram)
     assert final["lstm"] < final["rnn"], final
+
+
+def test_sample_every_zero_means_never_and_options_are_checked():
+    _, _, hist, _ = run(steps=12, sample_every=0)
+    assert hist.samples == {} and hist.val_nll              # no samples at all, not even at the end
+    _, _, hist, _ = run(steps=12, sample_every=100)
+    assert list(hist.samples) == [11]                        # a period longer than the run: the last step
+    for bad, message in [({"eval_every": 0}, "eval_every must be > 0, got 0"),
+                         ({"sample_every": -1}, r"sample_every must be >= 0 \(0: never\), got -1"),
+                         ({"patience": -2}, r"patience must be >= 0 \(0: no early stopping\)")]:
+        with pytest.raises(ValueError, match=message):
+            run(steps=2, **bad)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 
-import numpy as np  # noqa: E402
-from threadpoolctl import ThreadpoolController  # noqa: E402
+import numpy as np
+from threadpoolctl import ThreadpoolController
 
 H, STEPS, REPEATS = 512, 400, 5
 

@@ -7,17 +7,19 @@ The quality bar Q is the final validation loss of the course's textbook ``model(
 SGD 0.01 on the loss summed per name, element-wise clip 5, one name per step, 35,000 steps, the hidden
 state carried from name to name), trained on the training split of the default job. Then:
 
-- textbook: the same loop (``rnnlab.textbook.optimize`` on each name, as ``model()`` runs it), the
-  validation loss measured every 500 steps; its time is when it first reaches Q;
+- textbook: ``rnnlab.textbook.model()`` itself (without its periodic samples), its validation loss
+  measured every 500 steps through its ``hook`` (outside the clock); its time is when it first
+  reaches Q;
 - rnnlab: the default job's model and settings (LSTM 64, Adam 0.005, batches of 32 padded names,
   global-norm clip 5, float32), measured every 5 steps;
 - PyTorch (optional, ``pip install torch==2.13.0``): ``nn.LSTM`` 64 with the same settings on the same
   batches, measured every 5 steps.
 
-Only training time counts (forward, backward, clipping, update); evaluations are outside the clock.
-Each contender runs ``--repeats`` times (median), 2 threads. Losses are nats per character on the same
-validation split: the textbook's parameters are evaluated by rnnlab's RNN cell with the weights
-transposed and the start token's input row set to zero (the course's first input is a zero vector).
+Only training time counts (forward, backward, clipping, update, and for the textbook its loop's own
+bookkeeping); evaluations are outside the clock. Each contender runs ``--repeats`` times (median), 2
+threads. Losses are nats per character on the same validation split: the textbook's parameters are
+evaluated by rnnlab's RNN cell (``textbook.to_engine``) with the start token's input row set to zero
+(the course's first input is a zero vector).
 """
 
 from __future__ import annotations
@@ -54,33 +56,29 @@ def dataset():
 
 def textbook_val(ds, parameters) -> float:
     lm = CharLM(len(ds.vocab), "rnn", parameters["Waa"].shape[0], dtype=np.float64)
-    params = {"l0.Wx": parameters["Wax"].T.copy(), "l0.Wh": parameters["Waa"].T.copy(),
-              "l0.b": parameters["b"][:, 0].copy(), "Wy": parameters["Wya"].T.copy(),
-              "by": parameters["by"][:, 0].copy()}
+    engine = textbook.to_engine(parameters)
+    params = {"l0.Wx": engine["Wx"], "l0.Wh": engine["Wh"], "l0.b": engine["b"], "Wy": engine["Wy"],
+              "by": engine["by"]}
     params["l0.Wx"][0] = 0   # the course feeds a zero vector (None) where rnnlab feeds the start token
     return evaluate(lm, params, ds, "val")
 
 
 def run_textbook(ds, iterations=35000, every=500):
-    """The loop of ``textbook.model`` with the validation loss every ``every`` steps.
+    """``textbook.model`` on the training names, with the validation loss every ``every`` steps.
     Returns [(training seconds, val)], starting at step ``every``."""
     vocab = ds.vocab
-    char_to_ix = vocab.char_to_ix
-    with contextlib.redirect_stdout(io.StringIO()):
-        parameters = textbook.initialize_parameters(50, len(vocab), len(vocab))
-    examples = list(ds.lines["train"])
-    np.random.seed(0)
-    np.random.shuffle(examples)
-    a_prev = np.zeros((50, 1))
-    seconds, curve = 0.0, []
-    for j in range(iterations):
-        X = [None] + [char_to_ix[ch] for ch in examples[j % len(examples)]]
-        Y = X[1:] + [char_to_ix["\n"]]
-        t0 = time.perf_counter()
-        _, _, a_prev = textbook.optimize(X, Y, a_prev, parameters, learning_rate=0.01)
-        seconds += time.perf_counter() - t0
+    curve, clock = [], {"seconds": 0.0, "since": 0.0}
+
+    def measure(j, parameters, loss):
+        clock["seconds"] += time.perf_counter() - clock["since"]
         if (j + 1) % every == 0:
-            curve.append((seconds, textbook_val(ds, parameters)))
+            curve.append((clock["seconds"], textbook_val(ds, parameters)))
+        clock["since"] = time.perf_counter()
+
+    with contextlib.redirect_stdout(io.StringIO()):   # no samples (dino_names=0): they are not training
+        clock["since"] = time.perf_counter()
+        textbook.model(ds.lines["train"], vocab.ix_to_char, vocab.char_to_ix, num_iterations=iterations,
+                       dino_names=0, vocab_size=len(vocab), hook=measure)
     return curve
 
 
@@ -129,7 +127,7 @@ def main():
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"quality bar: the textbook model()'s final validation loss, {target:.4f} nats/char")
-    print("| contender | steps to the bar | seconds (median of %d) | vs rnnlab |" % args.repeats)
+    print(f"| contender | steps to the bar | seconds (median of {args.repeats}) | vs rnnlab |")
     print("|---|---|---|---|")
     tb_steps = 500 * (1 + [v <= target for _, v in tb_runs[0]].index(True))
     print(f"| textbook `model()` (RNN 50, SGD, 1 name/step) | {tb_steps:,} | {med['textbook']:.2f} | "

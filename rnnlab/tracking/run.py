@@ -1,60 +1,23 @@
-"""MLflow tracking: the only module that imports mlflow (lazily, when a run is tracked).
-
-The default store is the SQLite database ``mlflow.db`` in the directory the command was launched from,
-resolved to an absolute ``sqlite:///`` URI at launch; ``tracking.uri`` may name another store or an
-``http(s)://`` tracking server, which must answer within seconds or the run does not start.
-"""
+"""The MLflow logger of one run: a callback of the training loop that logs params, buffered metrics,
+samples, checkpoints and the model, keeps training through an outage of the store, and ends the run
+with its status."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import ConfigError
-from .model import nats_to_bits
-from .train import Callback
+from ..config import hydra_config, is_multirun
+from ..model import nats_to_bits
+from ..train import Callback
+from .store import connect, experiment_id, ui_command
+from .sweep import find_parent_run, sweep_id
 
 log = logging.getLogger("rnnlab")
 FLUSH_EVERY = 500          # buffered metric values per log_batch call (MLflow takes up to 1000)
-
-
-def resolve_uri(uri: str | None, launch_dir: str | os.PathLike | None = None) -> str:
-    """The tracking URI: ``None`` → ``sqlite:///<launch dir>/mlflow.db``; a relative sqlite or file
-    path is made absolute against the launch directory."""
-    base = Path(launch_dir or os.getcwd()).resolve()
-    if not uri:
-        return f"sqlite:///{base / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
-    if "://" not in uri:
-        return f"sqlite:///{(base / uri).resolve()}" if uri.endswith(".db") else str((base / uri).resolve())
-    return uri
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """For an http(s) tracking server: fail fast, naming the URI, if it does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status >= 500:
-                raise OSError(f"HTTP {r.status}")
-    except (OSError, urllib.error.URLError) as e:
-        raise ConfigError(f"tracking.uri: the MLflow tracking server {uri} is unreachable ({e}); "
-                          f"start it, fix tracking.uri, or run with tracking=none") from None
-
-
-def ui_command(uri: str) -> str:
-    """The exact command that shows this store in the MLflow UI."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -89,16 +52,15 @@ class MlflowTracker(Callback):
               parent_run_id: str | None = None, extra_tags: dict | None = None):
         from mlflow.entities import Param, RunTag
 
-        hydra_cfg = _hydra_config()
+        hydra_cfg = hydra_config()
         if launch_dir is None and hydra_cfg is not None:
             launch_dir = hydra_cfg.runtime.cwd   # the launch directory, wherever the job runs
-        client, uri = connect(cfg, launch_dir)
+        client, uri = connect(cfg.tracking.get("uri"), launch_dir)
         experiment = cfg.tracking.get("experiment") or "rnnlab"
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = experiment_id(client, experiment)
         overrides = _overrides()
         extra_tags = dict(extra_tags or {})
-        if parent_run_id is None and hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        if parent_run_id is None and is_multirun():
             sid = sweep_id(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)
             parent_run_id = find_parent_run(client, exp_id, sid)
             extra_tags.update({"rnnlab.sweep_id": sid, "rnnlab.role": "trial",
@@ -229,8 +191,8 @@ class MlflowTracker(Callback):
         its URI goes to ``self.model_uri``."""
         import mlflow
 
-        code = Path(__file__).with_name("pyfunc_model.py")
-        package = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parent.parent
+        code = package / "pyfunc_model.py"
 
         def log():  # only called for a finished run; finish() then sets the final status again
             import warnings
@@ -252,43 +214,8 @@ class MlflowTracker(Callback):
         return lines
 
 
-def connect(cfg, launch_dir=None):
-    """(MlflowClient, uri) for ``cfg.tracking``; an unreachable server fails here, within seconds."""
-    uri = resolve_uri(cfg.tracking.get("uri"), launch_dir)
-    if uri.startswith(("http://", "https://")):
-        # fail within seconds rather than retrying for minutes when the server goes away
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    check_reachable(uri)
-    from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=uri), uri
-
-
-def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:
-    """The ``kind`` checkpoint logged by the MLflow run ``run_id`` of the store ``cfg.tracking``."""
-    from mlflow.exceptions import MlflowException
-    client, _ = connect(cfg)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
-    try:
-        return Path(client.download_artifacts(run_id, f"checkpoints/{kind}.npz"))
-    except (MlflowException, OSError) as e:
-        raise ConfigError(f"MLflow run {run_id} has no {kind} checkpoint ({e})") from None
-
-
-def _hydra_config():
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        return HydraConfig.get() if HydraConfig.initialized() else None
-    except ImportError:
-        return None
-
-
 def _overrides() -> list[str]:
-    cfg = _hydra_config()
+    cfg = hydra_config()
     return list(cfg.overrides.task) if cfg is not None else []
 
 
@@ -298,79 +225,3 @@ def _version() -> str:
         return version("rnnlab")
     except Exception:  # noqa: BLE001 - not installed (source checkout)
         return "source"
-
-
-# ------------------------------------------------------------------------------------------ sweeps
-
-def sweep_id(launch_dir, sweep_dir) -> str:
-    """The id shared by a sweep's parent run and its trials: a digest of where it was launched."""
-    import hashlib
-    key = f"{Path(launch_dir).resolve()}|{sweep_dir}"
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-def find_parent_run(client, experiment_id: str, sid: str) -> str | None:
-    """The parent run of the sweep ``sid`` in the experiment, if the sweep callback created one."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`rnnlab.sweep_id` = '{sid}' and "
-                                                            f"tags.`rnnlab.role` = 'sweep'", max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency; keep the module importable anyway
-    _HydraCallback = object
-
-
-class SweepCallback(_HydraCallback):
-    """Hydra callback: one MLflow parent run per multirun sweep, its trials nested under it.
-
-    ``on_multirun_start`` runs in the launching process before any job: it creates (and migrates) the
-    tracking store once, then the parent run; every trial finds it by the sweep's id. At the end the
-    parent run gets the best trial's figures and the command that compares the trials.
-    """
-
-    def __init__(self):
-        self.client = self.parent = self.experiment_id = self.sid = None
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        if config.get("tracking", {}).get("name") != "mlflow":
-            return
-        try:
-            client, uri = connect(config, launch_dir=os.getcwd())
-        except ConfigError as e:
-            log.error("%s", e)
-            raise SystemExit(2) from None
-        name = config.tracking.get("experiment") or "rnnlab"
-        exp = client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(name)
-        self.sid = sweep_id(os.getcwd(), str(config.hydra.sweep.dir))
-        overrides = list(config.hydra.overrides.task)
-        run = client.create_run(self.experiment_id, run_name=f"sweep {' '.join(overrides)}"[:240], tags={
-            "rnnlab.sweep_id": self.sid, "rnnlab.role": "sweep", "overrides": " ".join(overrides),
-            "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
-            "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]})
-        self.client, self.parent, self.uri = client, run.info.run_id, uri
-        log.info("sweep %s: MLflow parent run %s in experiment %r at %s", self.sid, self.parent, name, uri)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        if self.parent is None:
-            return
-        from mlflow.entities import Metric
-        trials = self.client.search_runs([self.experiment_id],
-                                         filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'",
-                                         max_results=10000)
-        done = [t for t in trials if "val_nll" in t.data.metrics and t.info.status == "FINISHED"]
-        now = int(time.time() * 1000)
-        metrics = [Metric("trials", len(trials), now, 0), Metric("trials_finished", len(done), now, 0)]
-        if done:
-            best = min(done, key=lambda t: t.data.metrics["val_nll"])
-            metrics.append(Metric("best_val_nll", best.data.metrics["val_nll"], now, 0))
-            self.client.set_tag(self.parent, "best_run_id", best.info.run_id)
-            self.client.set_tag(self.parent, "best_overrides", best.data.tags.get("overrides", ""))
-        self.client.log_batch(self.parent, metrics=metrics)
-        self.client.set_terminated(self.parent, "FINISHED")
-        log.info("sweep %s finished: %d trials (%d finished). Compare them with: "
-                 "python -m rnnlab.compare sweep=%s%s", self.sid, len(trials), len(done), self.parent,
-                 "" if self.uri.endswith(f"{os.getcwd()}/mlflow.db") else f" tracking.uri={self.uri}")
-        log.info("see the sweep with: %s", ui_command(self.uri))

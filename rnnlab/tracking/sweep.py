@@ -1,0 +1,86 @@
+"""Sweeps in MLflow: one parent run per Hydra multirun, its trials nested under it by a shared id."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from ..config import ConfigError
+from ..lifecycle import fail
+from .store import connect, experiment_id, ui_command
+
+log = logging.getLogger("rnnlab")
+
+
+def sweep_id(launch_dir, sweep_dir) -> str:
+    """The id shared by a sweep's parent run and its trials: a digest of where it was launched."""
+    key = f"{Path(launch_dir).resolve()}|{sweep_dir}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def find_parent_run(client, exp_id: str, sid: str) -> str | None:
+    """The parent run of the sweep ``sid`` in the experiment, if the sweep callback created one."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`rnnlab.sweep_id` = '{sid}' and "
+                                                            f"tags.`rnnlab.role` = 'sweep'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency; keep the module importable anyway
+    _HydraCallback = object
+
+
+class SweepCallback(_HydraCallback):
+    """Hydra callback: one MLflow parent run per multirun sweep, its trials nested under it.
+
+    ``on_multirun_start`` runs in the launching process before any job: it creates (and migrates) the
+    tracking store once, then the parent run; every trial finds it by the sweep's id. At the end the
+    parent run gets the best trial's figures and the command that compares the trials.
+    """
+
+    def __init__(self):
+        self.client = self.parent = self.experiment_id = self.sid = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if config.get("tracking", {}).get("name") != "mlflow":
+            return
+        try:
+            client, uri = connect(config.tracking.get("uri"), launch_dir=os.getcwd())
+        except ConfigError as e:
+            fail(str(e))
+        name = config.tracking.get("experiment") or "rnnlab"
+        self.experiment_id = experiment_id(client, name)
+        self.sid = sweep_id(os.getcwd(), str(config.hydra.sweep.dir))
+        overrides = list(config.hydra.overrides.task)
+        run = client.create_run(self.experiment_id, run_name=f"sweep {' '.join(overrides)}"[:240], tags={
+            "rnnlab.sweep_id": self.sid, "rnnlab.role": "sweep", "overrides": " ".join(overrides),
+            "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
+            "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]})
+        self.client, self.parent, self.uri = client, run.info.run_id, uri
+        log.info("sweep %s: MLflow parent run %s in experiment %r at %s", self.sid, self.parent, name, uri)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if self.parent is None:
+            return
+        from mlflow.entities import Metric
+        trials = self.client.search_runs([self.experiment_id],
+                                         filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'",
+                                         max_results=10000)
+        done = [t for t in trials if "val_nll" in t.data.metrics and t.info.status == "FINISHED"]
+        now = int(time.time() * 1000)
+        metrics = [Metric("trials", len(trials), now, 0), Metric("trials_finished", len(done), now, 0)]
+        if done:
+            best = min(done, key=lambda t: t.data.metrics["val_nll"])
+            metrics.append(Metric("best_val_nll", best.data.metrics["val_nll"], now, 0))
+            self.client.set_tag(self.parent, "best_run_id", best.info.run_id)
+            self.client.set_tag(self.parent, "best_overrides", best.data.tags.get("overrides", ""))
+        self.client.log_batch(self.parent, metrics=metrics)
+        self.client.set_terminated(self.parent, "FINISHED")
+        log.info("sweep %s finished: %d trials (%d finished). Compare them with: "
+                 "python -m rnnlab.compare sweep=%s%s", self.sid, len(trials), len(done), self.parent,
+                 "" if self.uri.endswith(f"{os.getcwd()}/mlflow.db") else f" tracking.uri={self.uri}")
+        log.info("see the sweep with: %s", ui_command(self.uri))
