@@ -1,0 +1,392 @@
+"""Seeing inside the network (rnnlab.inspect): each measure against a known answer, the gradient flow
+against finite differences, the surprise against the training loop's evaluation, the command as a user
+runs it (files, bad input), and the HTML page in headless Chromium."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import require, require_module
+from rnnlab.data import TextDataset, Vocab, load_dataset
+from rnnlab.inspect import (gate_saturation, gradient_flow, prepare_text, rank_units, read, saturation,
+                            surprise, text_properties)
+from rnnlab.inspect.cells import Unit, correlations
+from rnnlab.model import CharLM
+from rnnlab.train import evaluate
+from test_cli import cli, run_dir
+
+CELLS = ("rnn", "lstm", "gru")
+
+
+# ------------------------------------------------------------------------------------- gradient flow
+@pytest.mark.parametrize("rho", [0.8, 0.97, 1.05])
+def test_linear_recurrence_gradient_decays_as_rho_to_the_k(rho):
+    """RNN with Wx = 0, b = 0, h0 = 0: h stays exactly 0, tanh' = 1, so g_{k} = g_0 (Whᵀ)^k and with
+    Wh = ρ·Q (Q orthogonal) every window's ‖g_k‖ is exactly ρ^k ‖g_0‖."""
+    rng = np.random.default_rng(3)
+    H, V = 12, 7
+    lm = CharLM(V, "rnn", H, dtype=np.float64)
+    params = lm.init_params(rng)
+    Q, _ = np.linalg.qr(rng.standard_normal((H, H)))
+    params["l0.Wx"][:] = 0
+    params["l0.b"][:] = 0
+    params["l0.Wh"] = rho * Q
+    flow = gradient_flow(lm, params, rng.integers(0, V, 400), max_distance=60, windows=40)
+    assert flow.windows == 40 and flow.mean.shape == (1, 61)
+    np.testing.assert_allclose(flow.relative(), rho ** np.arange(61), rtol=1e-12)
+    for q in (flow.q10, flow.q50, flow.q90):   # each window decays alike, so every quantile does
+        np.testing.assert_allclose(q[0] / q[0][0], rho ** np.arange(61), rtol=1e-12)
+
+
+def _last_loss_with_h_perturbed(lm, params, x, y_last, layer, s, delta):
+    """loss at the last step of one window x (T,) when h of ``layer`` after step ``s`` is moved by
+    ``delta`` (H,), its recurrence and the layers above seeing the moved value; the rest of the state
+    (c of an LSTM) is left as it is."""
+    T, H = len(x), lm.hidden_size
+    inp = x[:, None]
+    for k in range(lm.num_layers):
+        lp = lm.layer_params(params, k)
+        zero = lm.cell.zero_state(1, H, lm.dtype)
+        if k != layer:
+            (hs, _), _ = lm.cell.forward(inp, zero, lp)
+            inp = hs.copy()
+            continue
+        (before, state), _ = lm.cell.forward(inp[:s + 1], zero, lp)
+        before = before.copy()
+        before[s, 0] += delta
+        state = (state[0] + delta,) + tuple(a.copy() for a in state[1:])
+        after = lm.cell.forward(inp[s + 1:], state, lp)[0][0].copy() if s + 1 < T else before[:0]
+        inp = np.concatenate([before, after])
+    z = inp[-1, 0] @ params["Wy"] + params["by"]
+    return float(np.log(np.exp(z - z.max()).sum()) + z.max() - z[y_last])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradient_flow_matches_finite_differences_in_a_stack(cell):
+    """Each layer of a 2-layer stack: the measured ‖∂loss_{T-1}/∂h_{T-1-k}‖ equals the norm of the
+    gradient obtained by moving h after step T-1-k in each direction (central differences, float64)."""
+    rng = np.random.default_rng(5)
+    V, H, K = 6, 5, 7
+    lm = CharLM(V, cell, H, num_layers=2, dtype=np.float64)
+    params = lm.init_params(rng)
+    for name in params:   # larger weights than at initialisation: the gates do not sit at 0.5
+        params[name] = params[name] * 2.5
+    ids = rng.integers(0, V, K + 2)        # exactly one window of K + 1 inputs and its last target
+    flow = gradient_flow(lm, params, ids, max_distance=K, windows=10)
+    assert flow.windows == 1
+    x, y_last = ids[:K + 1], ids[K + 1]
+    eps = 1e-6
+    for layer in range(2):
+        for k in range(K + 1):
+            s = K - k
+            g = np.empty(H)
+            for j in range(H):
+                d = np.zeros(H)
+                d[j] = eps
+                g[j] = (_last_loss_with_h_perturbed(lm, params, x, y_last, layer, s, d)
+                        - _last_loss_with_h_perturbed(lm, params, x, y_last, layer, s, -d)) / (2 * eps)
+            assert flow.mean[layer, k] == pytest.approx(np.linalg.norm(g), rel=1e-6, abs=1e-12), (layer, k)
+
+
+def test_gradient_flow_refuses_a_text_shorter_than_a_window():
+    lm = CharLM(5, "gru", 4)
+    with pytest.raises(ValueError, match="too few for a window"):
+        gradient_flow(lm, lm.init_params(np.random.default_rng(0)), np.zeros(11, int), max_distance=10)
+
+
+# ---------------------------------------------------------------------------------------- cells
+def test_text_properties_by_hand():
+    text = 'ab "c(d e)"\nxy z\n'
+    p = text_properties(text)
+    #                       a  b  ␣  "  c  (  d  ␣  e  )  "  ↵  x  y  ␣  z  ↵
+    assert p["inside quotes"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert p["inside brackets"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert p["position in line"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 0]
+    assert p["position in word"].tolist() == [1, 2, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 1, 2, 0, 1, 0]
+    assert p["end of word"].tolist() == [0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0]
+
+
+def test_correlations_known_values():
+    prop = np.arange(10.0)
+    acts = np.stack([3 * prop - 2, -prop, np.ones(10), np.cos(prop)], axis=1)
+    r = correlations(acts, prop)
+    np.testing.assert_allclose(r[:3], [1, -1, 0], atol=1e-12)
+    assert r[3] == pytest.approx(np.corrcoef(np.cos(prop), prop)[0, 1])
+    assert np.isnan(correlations(acts, np.ones(10))).all()
+
+
+SPEECH = ("Before we proceed any further, hear me speak.\nSpeak, speak.\n"
+          "You are all resolved rather to die than to famish?\nResolved. resolved.\n"
+          "First, you know Caius Marcius is chief enemy to the people.\nWe know't, we know't.\n"
+          "Let us kill him, and we'll have corn at our own price.\nIs't a verdict?\n")
+
+
+def counting_lstm(vocab, H=6, seed=0, step=0.02):
+    """An LSTM (float64) whose unit 0 counts the characters since the last end of line: its forget
+    and input gates are open (σ(30)) after any character but the end of line, shut (σ(−30)) after it,
+    its candidate is tanh(step): c_t = c_{t-1} + tanh(step), reset to 0 by each end of line. The
+    other units are random."""
+    lm = CharLM(len(vocab), "lstm", H, dtype=np.float64)
+    params = lm.init_params(np.random.default_rng(seed))
+    Wx, Wh, b = params["l0.Wx"], params["l0.Wh"], params["l0.b"]
+    cols = {g: j * H for j, g in enumerate("ifog")}      # unit 0 of each gate block
+    for c in cols.values():
+        Wh[:, c] = 0
+        b[c] = 0
+    eol = np.array([ch == "\n" for ch in vocab.chars])
+    Wx[:, cols["i"]] = Wx[:, cols["f"]] = np.where(eol, -30.0, 30.0)
+    Wx[:, cols["o"]] = 30.0
+    Wx[:, cols["g"]] = step
+    return lm, params
+
+
+def test_a_unit_counting_since_the_last_newline_is_ranked_first_for_position_in_line():
+    vocab = Vocab.from_text(SPEECH)
+    lm, params = counting_lstm(vocab)
+    reading = read(lm, params, vocab, prepare_text(SPEECH, vocab, lines=False))
+    count = text_properties(reading.read)["position in line"]
+    c0 = reading.layers[0]["c"][:, 0]
+    np.testing.assert_allclose(c0, np.tanh(0.02) * count, atol=1e-10)   # it counts, exactly
+    ranking = rank_units(reading, top=3)
+    best = ranking["position in line"][0]
+    assert (best.layer, best.kind, best.unit) == (0, "c", 0) and best.r == pytest.approx(1, abs=1e-9)
+    everyone = rank_units(reading, top=2 * lm.hidden_size)["position in line"]
+    assert (everyone[1].kind, everyone[1].unit) == ("h", 0)   # h = tanh(c), monotone in the count: next
+    assert max(abs(u.r) for u in everyone if u.unit != 0) < 0.9        # the random units do not count
+    assert "inside quotes" not in ranking           # no quote in the text: the property is left out
+
+
+def test_ranking_is_sorted_by_absolute_r_and_names_units():
+    vocab = Vocab.from_text(SPEECH)
+    lm, params = counting_lstm(vocab, H=8, seed=4)
+    ranking = rank_units(read(lm, params, vocab, prepare_text(SPEECH, vocab, lines=False)), top=5)
+    for units in ranking.values():
+        assert len(units) == 5
+        assert [abs(u.r) for u in units] == sorted((abs(u.r) for u in units), reverse=True)
+    assert Unit(1, "c", 7, 0.5).name == "layer 1 c[7]"
+
+
+# ---------------------------------------------------------------------------------------- gates
+def test_saturation_thresholds_are_strict():
+    values = np.array([[0.05, 0.95], [0.1, 0.9], [0.5, 0.91], [0.09, 0.2]])
+    left, right = saturation(values)
+    np.testing.assert_allclose(left, [0.5, 0.0])     # 0.1 itself is not below 0.1
+    np.testing.assert_allclose(right, [0.0, 0.5])    # 0.9 itself is not above 0.9
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_saturation_of_a_cell_with_planted_gate_values(cell):
+    """No recurrence (Wh = 0), zero biases, and each gate unit's input weights planted per character:
+    the gate value after reading a character is σ(weight), so the saturated fractions are counts of
+    characters in the text."""
+    text = "aaab cbbcaab\nccab acaa\n"
+    vocab = Vocab.from_text(text)
+    H = 3
+    lm = CharLM(len(vocab), cell, H, dtype=np.float64)
+    params = lm.init_params(np.random.default_rng(0))
+    gates = {"lstm": "ifo", "gru": "ru"}[cell]
+    params["l0.Wh"][:] = 0
+    params["l0.b"][:] = 0
+    plant = {"a": 5.0, "b": -5.0, "c": 2.0}           # σ: 0.993 (open), 0.0067 (shut), 0.88 (neither)
+    Wx = params["l0.Wx"]
+    for j, g in enumerate(gates):
+        for unit in range(H):
+            col = j * H + unit
+            Wx[:, col] = 0
+            for ch, w in plant.items():   # unit u of gate j: the plant rotated, so the units differ
+                Wx[vocab.chars.index(ch), col] = w * (-1) ** (unit + j)
+    reading = read(lm, params, vocab, prepare_text(text, vocab, lines=False))
+    sat = gate_saturation(reading)
+    read_chars = np.array(list(reading.read))
+    n = len(read_chars)
+    for j, g in enumerate(gates):
+        left, right = sat[0][g]
+        for unit in range(H):
+            sign = (-1) ** (unit + j)
+            opens = "a" if sign > 0 else "b"
+            shuts = "b" if sign > 0 else "a"
+            assert right[unit] == pytest.approx(np.sum(read_chars == opens) / n)
+            assert left[unit] == pytest.approx(np.sum(read_chars == shuts) / n)
+    rnn = CharLM(len(vocab), "rnn", H)
+    with pytest.raises(ValueError, match="no gates"):
+        gate_saturation(read(rnn, rnn.init_params(np.random.default_rng(0)), vocab, text))
+
+
+# -------------------------------------------------------------------------------------- surprise
+@pytest.mark.parametrize("cell", CELLS)
+def test_surprise_over_a_split_is_the_evaluated_loss(cell):
+    """Names read one line at a time from a zero state, running text as one stream: the mean surprise
+    over the whole validation split is the training loop's validation loss."""
+    names = load_dataset("lines", lowercase=True, val_fraction=0.1, seed=0)
+    lm = CharLM(len(names.vocab), cell, 16, dtype=np.float64)
+    params = lm.init_params(np.random.default_rng(1))
+    text = "\n" + "\n".join(names.lines["val"]) + "\n"
+    s = surprise(read(lm, params, names.vocab, prepare_text(text, names.vocab, lines=True), lines=True))
+    assert s.mean == pytest.approx(evaluate(lm, params, names, "val"), rel=1e-12)
+
+    play = TextDataset(SPEECH * 8, val_fraction=0.3, seq_len=17)
+    lm = CharLM(len(play.vocab), cell, 16, dtype=np.float64)
+    params = lm.init_params(np.random.default_rng(2))
+    text = play.vocab.decode(play.ids["val"])
+    s = surprise(read(lm, params, play.vocab, prepare_text(text, play.vocab, lines=False)))
+    assert s.mean == pytest.approx(evaluate(lm, params, play, "val", batch_size=1), rel=1e-12)
+    # the guesses: most likely first, the top one the argmax, probabilities of a distribution
+    assert (np.diff(s.probs, axis=1) <= 0).all() and (s.probs.sum(axis=1) <= 1 + 1e-12).all()
+    reading = read(lm, params, play.vocab, prepare_text(text, play.vocab, lines=False))
+    np.testing.assert_array_equal(s.guesses[:, 0], reading.logits.argmax(axis=1))
+    hit = s.guesses[:, 0] == reading.y
+    np.testing.assert_allclose(np.exp(-s.loss[hit]), s.probs[hit, 0])
+
+
+def test_prepare_text_refuses_bad_text():
+    from rnnlab.data import DataError
+    vocab = Vocab.from_text("abc")
+    with pytest.raises(DataError, match="empty"):
+        prepare_text("", vocab, lines=False)
+    with pytest.raises(DataError, match=r"outside the model's vocabulary: 'XZ'"):
+        prepare_text("abZcX", vocab, lines=False)
+    with pytest.raises(DataError, match="nothing to predict"):
+        prepare_text("a", vocab, lines=False)
+    assert prepare_text("a", vocab, lines=True) == "\na"      # a name: its start token added
+
+
+# ------------------------------------------------------------------------------- the command line
+INSPECT = "rnnlab.inspect"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small LSTM on the built-in names and a GRU on running text, trained by the command line."""
+    cwd = tmp_path_factory.mktemp("inspect")
+    small = ["tracking=none", "steps=40", "eval_every=20", "sample_every=0", "report_samples=0",
+             "log_every=20", "checkpoint_every=20", "cell.hidden_size=16"]
+    out = cli(["cell=lstm", *small], cwd)
+    assert out.returncode == 0, out.stderr
+    names = run_dir(cwd) / "checkpoints" / "best.npz"
+    (cwd / "play.txt").write_text(SPEECH * 12)
+    out = cli(["cell=rnn", "data=text", f"data.path={cwd / 'play.txt'}", "data.seq_len=20", "batch_size=4",
+               *small], cwd)
+    assert out.returncode == 0, out.stderr
+    return cwd, names, run_dir(cwd) / "checkpoints" / "best.npz"
+
+
+@pytest.mark.slow
+def test_inspect_writes_every_view(trained):
+    cwd, names, _ = trained
+    out = cli([f"checkpoint={names}", "chars=100000", "out=look"], cwd, module=INSPECT)
+    assert out.returncode == 0, out.stderr
+    look = cwd / "look"
+    summary = json.loads((look / "summary.json").read_text())
+    for name in summary["files"]:
+        data = (look / name).read_bytes()
+        assert data, name
+        if name.endswith(".png"):
+            assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert set(summary["files"]) >= {"surprise.html", "surprise.png", "cells.html", "cells.png",
+                                     "cells_heatmap.png", "units.csv", "gates.png", "gates.csv",
+                                     "gradient_flow.png", "gradient_flow.csv"}
+    from rnnlab.checkpoint import load
+    best = load(names).meta["best_val_nll"]   # the whole validation split, read as in training
+    assert summary["surprise"]["mean_nats"] == pytest.approx(best, rel=1e-5)
+    assert f"surprise: {best:.4f} nats/char" in out.stdout
+    assert "position in line" in summary["cells"] and len(summary["cells"]["position in line"]) == 5
+    assert summary["gradient_flow"]["windows"] == 256 and "cells: position in line" in out.stdout
+    page = (look / "surprise.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+
+
+@pytest.mark.slow
+def test_inspect_a_given_text_and_a_plain_rnn(trained):
+    cwd, _, play = trained
+    out = cli([f"checkpoint={play}", 'text="Speak, speak. You are all resolved"', "out=t",
+               "max_distance=30"], cwd, module=INSPECT)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((cwd / "t" / "summary.json").read_text())
+    assert summary["characters"] == len("Speak, speak. You are all resolved") - 1
+    assert "gates" not in summary and "gates.png" not in summary["files"]   # an RNN has none: skipped
+    assert summary["gradient_flow"]["windows"] == 256    # measured on the held-out split, not the text
+    html = (cwd / "t" / "surprise.html").read_text()
+    assert 'data-tip="p: ' in html and "guesses:" in html
+    only = cli([f"checkpoint={play}", "views=[cells]", "out=c", "chars=300"], cwd, module=INSPECT)
+    assert only.returncode == 0, only.stderr
+    assert sorted(p.name for p in (cwd / "c").iterdir()) == ["cells.html", "cells.png", "cells_heatmap.png",
+                                                              "summary.json", "units.csv"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (['text="Tyrannosaurus REX!"'], "has characters outside the model's vocabulary: ' !ERTX'"),
+    (['text=""'], "text is empty"),
+    (["views=[gates]", "checkpoint_of=play"], "the gates view needs an LSTM or a GRU"),
+    (["views=[surprise,colours]"], "views: unknown view 'colours'"),
+    (["max_distance=5000", "views=[gradient_flow]"], "lower max_distance"),
+    (["split=tset"], "split must be train, val or test"),
+    (["chars=1"], "chars must be >= 2"),
+    (["text_file=nowhere.txt"], "data file not found"),
+    (["colour=red"], "Unknown key 'colour'"),
+    (["checkpoint_of=npz"], "is not an rnnlab checkpoint"),
+    (["checkpoint_of=text"], "is not an rnnlab checkpoint (not an .npz archive)"),
+    (["checkpoint_of=missing"], "checkpoint not found"),
+    (["run=0123abc", "checkpoint_of=none"], "run=0123abc: there is no MLflow store at sqlite:///"),
+])
+def test_bad_input_is_a_clear_error(trained, args, message):
+    cwd, names, play = trained
+    np.savez(cwd / "other.npz", weights=np.ones(3))           # a NumPy archive of another kind
+    (cwd / "notes.txt").write_text("not a checkpoint")
+    which = dict(a.split("=") for a in args if a.startswith("checkpoint_of=")).get("checkpoint_of", "names")
+    ckpt = {"names": names, "play": play, "npz": cwd / "other.npz", "text": cwd / "notes.txt",
+            "missing": cwd / "gone.npz", "none": None}[which]
+    args = [a for a in args if not a.startswith("checkpoint_of=")]
+    args += [f"checkpoint={ckpt}"] if ckpt else []
+    out = cli([*args, "out=bad"], cwd, module=INSPECT)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.startswith("rnnlab: error: ") and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------------- in a browser
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.slow
+def test_surprise_page_shows_coloured_text_in_chromium(trained):
+    sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
+    require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
+    cwd, _, play = trained
+    out = cli([f"checkpoint={play}", "views=[surprise]", "out=page", "chars=400"], cwd, module=INSPECT)
+    assert out.returncode == 0, out.stderr
+    page_file = cwd / "page" / "surprise.html"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.as_uri())
+            spans = page.locator(".text span[data-tip]")
+            n = spans.count()
+            backgrounds = page.eval_on_selector_all(
+                ".text span[data-tip]", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+            shown = page.inner_text(".text")
+            spans.nth(5).hover()
+            tip = page.evaluate("getComputedStyle(document.querySelectorAll('.text span[data-tip]')[5], "
+                                "'::after').content")
+            page.screenshot(path=str(cwd / "page" / "screenshot.png"))
+            page.mouse.move(0, 0)
+            shot = cwd / "page" / "text.png"
+            page.locator(".text").screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert requests == [page_file.as_uri()]                 # nothing fetched from anywhere else
+    summary = json.loads((cwd / "page" / "summary.json").read_text())
+    assert n == summary["characters"] > 300      # every character read (the split is short)
+    assert "Speak, speak." in shown.replace("↵", "\n")
+    assert len(set(backgrounds)) > 20                         # many colours, not one
+    assert "nats" in tip and "guesses:" in tip
+    import matplotlib.image
+    img = matplotlib.image.imread(str(shot))[..., :3]
+    warm = (img[..., 0] - img[..., 2] > 0.3).mean()            # yellow to red backgrounds on screen
+    assert warm > 0.1, warm                                     # (0 for uncoloured text)
