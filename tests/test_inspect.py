@@ -390,3 +390,46 @@ def test_surprise_page_shows_coloured_text_in_chromium(trained):
     img = matplotlib.image.imread(str(shot))[..., :3]
     warm = (img[..., 0] - img[..., 2] > 0.3).mean()            # yellow to red backgrounds on screen
     assert warm > 0.1, warm                                     # (0 for uncoloured text)
+
+
+@pytest.mark.slow
+def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, mlflow_server):
+    """A run tracked by a real `mlflow server`, inspected by its id: the views are logged as the run's
+    artifacts inspect/…, and the MLflow UI (headless Chromium) lists them and previews the page."""
+    sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
+    require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
+    track = [f"tracking.uri={mlflow_server.uri}", "tracking.experiment=looks"]
+    out = cli(["cell=gru", "steps=20", "eval_every=10", "sample_every=0", "report_samples=0", "log_every=10",
+               "cell.hidden_size=16", *track], tmp_path)
+    assert out.returncode == 0, out.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("looks")
+    (run,) = client.search_runs([exp.experiment_id])
+    look = cli([f"run={run.info.run_id}", "views=[surprise,gates]", "out=looked", *track], tmp_path,
+               module=INSPECT)
+    assert look.returncode == 0, look.stderr
+    assert f"logged to MLflow run {run.info.run_id}: artifacts inspect/" in look.stdout
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "inspect")}
+    assert logged == {f"inspect/{name}" for name in ("surprise.html", "surprise.png", "gates.png", "gates.csv",
+                                                      "summary.json")}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts",
+                      timeout=60000)
+            page.get_by_text("inspect", exact=True).first.click(timeout=60000)
+            page.get_by_text("surprise.html", exact=True).first.click(timeout=30000)
+            frame = page.frame_locator("iframe").first
+            frame.locator(".text span[data-tip]").first.wait_for(timeout=30000)
+            coloured = frame.locator(".text span[data-tip]").count()
+            page.screenshot(path=str(tmp_path / "mlflow_artifacts.png"))
+            body = page.inner_text("body")
+        finally:
+            browser.close()
+    for name in ("surprise.png", "gates.png", "summary.json"):
+        assert name in body, name
+    assert coloured > 100
