@@ -346,6 +346,33 @@ def test_bad_input_is_a_clear_error(trained, args, message):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
+def test_flow_command_draws_several_models_on_one_figure(trained):
+    cwd, names, play = trained
+    out = cli([f"checkpoints={names},{play}", "max_distance=20", "windows=16", "plot=flow.png", "csv=flow.csv"],
+              cwd, module="rnnlab.inspect.flow")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| model | k=0 | k=1 | k=5 | k=10 |") and len(rows) == 1 + 4   # 2 trained, 2 fresh
+    assert (cwd / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (cwd / "flow.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 * 21 and lines[0] == "model,layer,distance,mean,q10,q50,q90"
+    bad = cli([f"checkpoints={names}", "max_distance=0"], cwd, module="rnnlab.inspect.flow")
+    assert bad.returncode == 2 and "max_distance must be a positive integer" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    none = cli(["windows=3"], cwd, module="rnnlab.inspect.flow")
+    assert none.returncode == 2 and "give exactly one of experiment=" in none.stderr
+
+
+def test_gradient_flow_preset_composes(tmp_path):
+    import yaml
+    job = yaml.safe_load(cli(["experiment=gradient_flow", "data.path=t.txt", "--cfg", "job"], tmp_path).stdout)
+    assert job["data"]["kind"] == "text" and job["data"]["path"] == "t.txt" and job["cell"]["hidden_size"] == 128
+    assert job["tracking"]["experiment"] == "gradient_flow"
+    hydra = yaml.safe_load(cli(["experiment=gradient_flow", "--cfg", "hydra"], tmp_path).stdout)["hydra"]
+    assert hydra["mode"] == "MULTIRUN" and hydra["sweeper"]["params"] == {"cell": "rnn,lstm,gru"}
+
+
 # --------------------------------------------------------------------------------- in a browser
 CHROMIUM = "/usr/bin/chromium"
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import ListConfig
 
 from ..checkpoint import CheckpointError, load, restore_model
 from ..cli import USER_ERRORS, config_path, fail
-from ..config import ConfigError, build_dataset, check_overrides, register_plugin_configs
-from ..data import EOL, read_text
+from ..config import ConfigError, check_overrides, register_plugin_configs
+from ..data import read_text
 from .reading import prepare_text
+from .source import data_kind, heldout_text
 from .views import VIEWS, write_views
 
 
@@ -33,34 +34,6 @@ def chosen_views(value) -> tuple[str, ...]:
         raise ConfigError(f"views: unknown view {bad[0] if bad else '(none)'!r}; give all, or a list of "
                           f"{', '.join(VIEWS)}, e.g. views=[surprise,gates]")
     return tuple(names)
-
-
-def heldout_text(ckpt, vocab, split: str, data_path, where: str):
-    """(the whole ``split`` of the data the checkpoint was trained on as one text, whether it is lines)."""
-    config = ckpt.meta.get("config") or {}
-    if not config.get("data"):
-        raise CheckpointError(f"{where} does not record the data it was trained on; give text= or text_file=")
-    data = dict(config["data"])
-    if data_path:
-        data["path"] = str(data_path)
-    try:
-        ds = build_dataset(OmegaConf.create({"data": data}))
-    except ConfigError as e:
-        raise ConfigError(f"{e} (the data {where} was trained on; give data_path=<file> if it moved)") from None
-    if ds.vocab.chars != vocab.chars:
-        raise ConfigError(f"the data at {data.get('path') or 'the built-in dataset'} is not the data {where} "
-                          f"was trained on (its vocabulary differs); give data_path=<file>")
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be train, val or test, got {split!r}")
-    if data.get("kind", "lines") == "lines":
-        lines = ds.lines[split]
-        if not lines:
-            raise ConfigError(f"the {split} split of {ds.source} is empty")
-        return EOL + EOL.join(lines) + EOL, True
-    ids = ds.ids[split]
-    if len(ids) < 2:
-        raise ConfigError(f"the {split} split of {ds.source} is empty")
-    return vocab.decode(ids), False
 
 
 def _task(cfg):
@@ -87,10 +60,9 @@ def _task(cfg):
             path, where = download_checkpoint(cfg, str(cfg.run), cfg.which), f"run={cfg.run}"
         ckpt = load(path)
         lm, params, vocab = restore_model(ckpt, where)
-        kind = ((ckpt.meta.get("config") or {}).get("data") or {}).get("kind", "lines")
         if "gates" in views and cfg.views != "all" and lm.cell_name not in ("lstm", "gru"):
             raise ConfigError(f"the gates view needs an LSTM or a GRU; {where} is a {lm.cell_name!r} model")
-        lines = kind == "lines"
+        lines = data_kind(ckpt) == "lines"
         short = path.name if cfg.checkpoint else f"run {str(cfg.run)[:8]} ({cfg.which})"
         flow_ids, source = None, ""
         if cfg.text is not None or cfg.text_file:

@@ -133,19 +133,27 @@ def gates(path, saturation: list[dict], title: str = ""):
     return path
 
 
+CELL_COLOURS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
+
+
 def gradient_flow(path, curves: dict, title: str = "", every_layer: bool = True):
     """‖∂loss_t/∂h_{t−k}‖ against k on a log scale: ``curves`` maps a label to a ``GradientFlow``;
     every layer of each (or only the top one), the band from the 10th to the 90th percentile of the
-    windows."""
+    windows. A label that starts with a cell's name gets that cell's colour; one that ends with
+    "at initialisation" is dashed, without a band."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for label, flow in curves.items():
         layers = range(len(flow.mean)) if every_layer else [len(flow.mean) - 1]
+        fresh = label.endswith("at initialisation")
+        colour = CELL_COLOURS.get(label.split(" ")[0].lower())
         for k in layers:
             name = label if len(flow.mean) == 1 or not every_layer else f"{label} layer {k}"
-            line, = ax.plot(flow.distance, flow.mean[k], label=name, lw=1.6)
-            ax.fill_between(flow.distance, np.maximum(flow.q10[k], 1e-300), flow.q90[k],
-                            color=line.get_color(), alpha=0.12, lw=0)
+            line, = ax.plot(flow.distance, flow.mean[k], label=name, lw=1.2 if fresh else 1.8,
+                            ls="--" if fresh else "-", color=colour if len(layers) == 1 else None)
+            if not fresh:
+                ax.fill_between(flow.distance, np.maximum(flow.q10[k], 1e-300), flow.q90[k],
+                                color=line.get_color(), alpha=0.12, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("distance k (steps back from the scored character)")
     ax.set_ylabel("‖∂loss_t / ∂h_{t−k}‖  (mean over windows)")
