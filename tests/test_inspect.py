@@ -353,7 +353,8 @@ def test_flow_command_draws_several_models_on_one_figure(trained):
               cwd, module="rnnlab.inspect.flow")
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| model | k=0 | k=1 | k=5 | k=10 |") and len(rows) == 1 + 4   # 2 trained, 2 fresh
+    assert rows[0].startswith("| model | k=0 | k=1 | k=5 | k=10 |") and len(rows) == 2 * (1 + 4)  # 2 trained,
+    assert "median:" in out.stdout                                                      # 2 fresh; mean, median
     assert (cwd / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (cwd / "flow.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 * 21 and lines[0] == "model,layer,distance,mean,q10,q50,q90"

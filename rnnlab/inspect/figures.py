@@ -136,32 +136,35 @@ def gates(path, saturation: list[dict], title: str = ""):
 CELL_COLOURS = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
 
 
-def gradient_flow(path, curves: dict, title: str = "", every_layer: bool = True):
-    """‖∂loss_t/∂h_{t−k}‖ against k on a log scale: ``curves`` maps a label to a ``GradientFlow``;
-    every layer of each (or only the top one), the band from the 10th to the 90th percentile of the
-    windows. A label that starts with a cell's name gets that cell's colour; one that ends with
-    "at initialisation" is dashed, without a band."""
+def gradient_flow(path, curves: dict, title: str = "", every_layer: bool = True, stats=("mean",)):
+    """‖∂loss_t/∂h_{t−k}‖ against k on a log scale, one panel per statistic over the windows in
+    ``stats`` ("mean", "median"): ``curves`` maps a label to a ``GradientFlow``; every layer of each (or
+    only the top one), the band from the 10th to the 90th percentile of the windows. A label that
+    starts with a cell's name gets that cell's colour; one that ends with "at initialisation" is
+    dashed, without a band."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for label, flow in curves.items():
-        layers = range(len(flow.mean)) if every_layer else [len(flow.mean) - 1]
-        fresh = label.endswith("at initialisation")
-        colour = CELL_COLOURS.get(label.split(" ")[0].lower())
-        for k in layers:
-            name = label if len(flow.mean) == 1 or not every_layer else f"{label} layer {k}"
-            line, = ax.plot(flow.distance, flow.mean[k], label=name, lw=1.2 if fresh else 1.8,
-                            ls="--" if fresh else "-", color=colour if len(layers) == 1 else None)
-            if not fresh:
-                ax.fill_between(flow.distance, np.maximum(flow.q10[k], 1e-300), flow.q90[k],
-                                color=line.get_color(), alpha=0.12, lw=0)
-    ax.set_yscale("log")
-    ax.set_xlabel("distance k (steps back from the scored character)")
-    ax.set_ylabel("‖∂loss_t / ∂h_{t−k}‖  (mean over windows)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, len(stats), figsize=(8 if len(stats) == 1 else 6.5 * len(stats), 5), dpi=110,
+                             squeeze=False, sharey=True)
+    for ax, stat in zip(axes[0], stats):
+        for label, flow in curves.items():
+            values = {"mean": flow.mean, "median": flow.q50}[stat]
+            layers = range(len(flow.mean)) if every_layer else [len(flow.mean) - 1]
+            fresh = label.endswith("at initialisation")
+            colour = CELL_COLOURS.get(label.split(" ")[0].lower())
+            for k in layers:
+                name = label if len(flow.mean) == 1 or not every_layer else f"{label} layer {k}"
+                line, = ax.plot(flow.distance, values[k], label=name, lw=1.2 if fresh else 1.8,
+                                ls="--" if fresh else "-", color=colour if len(layers) == 1 else None)
+                if not fresh:
+                    ax.fill_between(flow.distance, np.maximum(flow.q10[k], 1e-300), flow.q90[k],
+                                    color=line.get_color(), alpha=0.12, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("distance k (steps back from the scored character)")
+        ax.set_title(f"{stat} over the windows", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("‖∂loss_t / ∂h_{t−k}‖")
+    axes[0, -1].legend(fontsize=7.5)
+    _finish(fig, title)
     fig.savefig(path)
     plt.close(fig)
     return path

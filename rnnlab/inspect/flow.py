@@ -112,14 +112,14 @@ def write_csv(path, curves: dict) -> None:
                             for d in flow.distance)
 
 
-def table(curves: dict) -> str:
-    """Markdown: the top layer's mean ‖g_k‖ at a few distances, and relative to k = 0."""
+def table(curves: dict, stat: str = "mean") -> str:
+    """Markdown: the top layer's mean (or median) ‖g_k‖ at a few distances, and relative to k = 0."""
     K = len(next(iter(curves.values())).distance) - 1
     ks = [k for k in (0, 1, 5, 10, 25, 50, 100, 200) if k <= K]
     lines = ["| model | " + " | ".join(f"k={k}" for k in ks) + f" | g_{ks[-1]} / g_0 |",
              "|---|" + "---|" * (len(ks) + 1)]
     for label, flow in curves.items():
-        top = flow.mean[-1]
+        top = (flow.mean if stat == "mean" else flow.q50)[-1]
         lines.append(f"| {label} | " + " | ".join(f"{top[k]:.3g}" for k in ks) + f" | {top[ks[-1]] / top[0]:.3g} |")
     return "\n".join(lines)
 
@@ -135,10 +135,13 @@ def main(argv=None):
     png = Path(opts.get("plot", f"gradient_flow-{name}.png"))
     trained = {k: v for k, v in curves.items() if "initialisation" not in k}
     windows = next(iter(curves.values())).windows
-    figures.gradient_flow(png, curves, title=f"{name}: top layer, mean over {windows} held-out windows "
+    figures.gradient_flow(png, curves, title=f"{name}: top layer, {windows} windows of held-out text "
                           f"(band: 10th–90th percentile){'; dashed: at initialisation' if len(trained) < len(curves) else ''}",
-                          every_layer=False)
+                          every_layer=False, stats=("mean", "median"))
+    print("mean ‖g_k‖ over the windows (top layer):")
     print(table(curves))
+    print("\nmedian:")
+    print(table(curves, "median"))
     print(f"\nfigure: {png.resolve()}")
     if "csv" in opts:
         write_csv(opts["csv"], curves)
