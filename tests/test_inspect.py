@@ -461,3 +461,14 @@ def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, 
     for name in ("surprise.png", "gates.png", "summary.json"):
         assert name in body, name
     assert coloured > 100
+
+
+def test_the_measures_import_no_framework():
+    """The measures are a library for notebooks: no Hydra, OmegaConf, MLflow or matplotlib on import."""
+    import subprocess
+    import sys
+    code = ("import sys, rnnlab.inspect; bad = [m for m in ('hydra', 'omegaconf', 'mlflow', 'matplotlib') "
+            "if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"
