@@ -106,6 +106,12 @@ def test_text_properties_by_hand():
     assert p["position in line"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 0]
     assert p["position in word"].tolist() == [1, 2, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 1, 2, 0, 1, 0]
     assert p["end of word"].tolist() == [0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0]
+    play = "KING HENRY:\nGo. Now!\nA"
+    p = text_properties(play)
+    #                              K  I  N  G  ␣  H  E  N  R  Y  :  ↵  G  o  .  ␣  N  o  w  !  ↵  A
+    assert p["capitals line"].tolist() == [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert p["position in sentence"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0, 1, 2, 3,
+                                                  4, 0, 1, 2]
 
 
 def test_correlations_known_values():
