@@ -380,6 +380,28 @@ def test_gradient_flow_preset_composes(tmp_path):
     assert hydra["mode"] == "MULTIRUN" and hydra["sweeper"]["params"] == {"cell": "rnn,lstm,gru"}
 
 
+@pytest.mark.slow
+def test_a_tracked_run_logs_its_learning_curve_and_sample_tables(tmp_path):
+    out = cli(["cell=gru", "steps=30", "eval_every=10", "sample_every=15", "num_samples=3", "report_samples=7",
+               "log_every=10", "cell.hidden_size=16"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    rid = run.info.run_id
+    png = Path(client.download_artifacts(rid, "figures/learning_curve.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    samples = json.loads(Path(client.download_artifacts(rid, "samples/samples.json", str(tmp_path))).read_text())
+    assert samples["columns"] == ["step", "sample"] and [r[0] for r in samples["data"]] == [15, 15, 15, 30, 30, 30]
+    periodic = Path(client.download_artifacts(rid, "samples/step_000030.txt", str(tmp_path))).read_text()
+    assert [r[1] for r in samples["data"][3:]] == periodic.splitlines()
+    report = json.loads(Path(client.download_artifacts(rid, "samples/report.json", str(tmp_path))).read_text())
+    assert report["columns"] == ["sample", "length"] and len(report["data"]) == 7
+    assert all(len(name) == length for name, length in report["data"])
+    logged = json.loads(client.get_run(rid).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "samples/samples.json", "type": "table"} in logged   # what makes the UI show a table
+
+
 # --------------------------------------------------------------------------------- in a browser
 CHROMIUM = "/usr/bin/chromium"
 

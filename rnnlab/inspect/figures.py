@@ -1,4 +1,5 @@
-"""The PNG figures of the views (matplotlib, imported when a figure is drawn)."""
+"""The PNG figures of the views, and of a run's learning curves (matplotlib, imported when a figure is
+drawn)."""
 
 from __future__ import annotations
 
@@ -168,3 +169,29 @@ def gradient_flow(path, curves: dict, title: str = "", every_layer: bool = True,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def learning_curve(history, title: str = ""):
+    """A run's training loss (each step, faint, and smoothed) and validation loss in nats per character
+    against the steps done, as a matplotlib ``Figure`` made without pyplot (nothing to close)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    ax = fig.subplots()
+    steps = [s + 1 for s in history.step]
+    if steps:
+        ax.plot(steps, history.train_loss, color="tab:blue", alpha=0.2, lw=0.8, label="training batch")
+        ax.plot(steps, history.smooth_loss, color="tab:blue", lw=1.6, label="training (smoothed)")
+    if history.eval_step:
+        ax.plot([s + 1 for s in history.eval_step], history.val_nll, color="tab:orange", marker=".", lw=1.6,
+                label="validation")
+    if history.best_step is not None and history.val_nll:
+        ax.axvline(history.best_step + 1, color="#999", ls=":", lw=1,
+                   label=f"best validation: {min(history.val_nll):.4f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / character)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
