@@ -34,13 +34,18 @@ def coloured_text(path, panels, title: str = "", cols: int = 100, breaks: bool =
     ``legend`` is (vmin, vmax, scale, label) or None; each panel is the text wrapped at ``cols`` (and
     at each end of line if ``breaks``; ↵ marks it), each character on a cell of its colour."""
     plt = _pyplot()
+    if breaks:  # no wider than the longest line
+        cols = min(cols, 1 + max(len(line) for _, chars, _, _ in panels for line in chars.split("\n")))
+    labels = [heading + (f"   [{leg[3]}: {_scale_words(leg[2])} from {leg[0]:g} to {leg[1]:g}]" if leg else "")
+              for heading, _, _, leg in panels]
+    cols = max(cols, 40, *(int(0.72 * len(label)) + 1 for label in labels))  # room for the headings
     grids = [_grid(chars, cols, breaks) for _, chars, _, _ in panels]
     rows = [(g[-1][0] + 1) if g else 1 for g in grids]
     width = 0.105 * cols + 0.4
     heights = [0.22 * r + 0.6 for r in rows]
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights) + (0.3 if title else 0)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False, dpi=110)
-    for ax, (heading, chars, rgb, leg), grid, nrows in zip(axes[:, 0], panels, grids, rows):
+    for ax, (_, chars, rgb, _), label, grid, nrows in zip(axes[:, 0], panels, labels, grids, rows):
         img = np.ones((nrows, cols, 3))
         for (r, c), colour in zip(grid, rgb):
             img[r, c] = colour
@@ -55,10 +60,6 @@ def coloured_text(path, panels, title: str = "", cols: int = 100, breaks: bool =
         ax.set_yticks([])
         for side in ax.spines.values():
             side.set_color("#ccc")
-        label = heading
-        if leg is not None:
-            vmin, vmax, scale, what = leg
-            label += f"   [{what}: {_scale_words(scale)} from {vmin:g} to {vmax:g}]"
         ax.set_title(label, fontsize=9, loc="left")
     _finish(fig, title)
     fig.savefig(path)
@@ -69,8 +70,10 @@ def coloured_text(path, panels, title: str = "", cols: int = 100, breaks: bool =
 def _finish(fig, title: str):
     """A figure title above the panels (room made for it), then a tight layout."""
     if title:
-        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
-        top = 1 - 0.35 / fig.get_figheight()
+        import textwrap
+        lines = textwrap.wrap(title, max(30, int(fig.get_figwidth() * 72 / 5.8)))  # ~5.8 pt per character
+        fig.suptitle("\n".join(lines), fontsize=10, x=0.01, ha="left")
+        top = 1 - (0.02 + 0.17 * len(lines)) / fig.get_figheight()
         fig.tight_layout(rect=(0, 0, 1, top))
     else:
         fig.tight_layout()
@@ -114,7 +117,7 @@ def gates(path, saturation: list[dict], title: str = ""):
     """The fraction of steps each gate unit is left-saturated (x) and right-saturated (y), one panel
     per layer, as in Karpathy et al. (2015)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(saturation), figsize=(4.2 * len(saturation) + 0.6, 4.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(saturation), figsize=(4.4 * len(saturation) + 0.4, 4.9), squeeze=False,
                              dpi=110)
     for k, (ax, layer) in enumerate(zip(axes[0], saturation)):
         ax.plot([0, 1], [1, 0], color="#bbb", lw=0.8)   # left + right ≤ 1
@@ -122,7 +125,6 @@ def gates(path, saturation: list[dict], title: str = ""):
             ax.scatter(left, right, s=12, alpha=0.6, color=GATE_COLOURS[g], label=f"{GATE_NAMES[g]} gate ({g})")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_aspect("equal")
         ax.set_xlabel("fraction of steps left-saturated (< 0.1)", fontsize=8)
         ax.set_ylabel("fraction right-saturated (> 0.9)", fontsize=8)
         ax.set_title(f"layer {k}", fontsize=9)
