@@ -455,8 +455,8 @@ def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, 
     sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
     require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
     track = [f"tracking.uri={mlflow_server.uri}", "tracking.experiment=looks"]
-    out = cli(["cell=gru", "steps=20", "eval_every=10", "sample_every=0", "report_samples=0", "log_every=10",
-               "cell.hidden_size=16", *track], tmp_path)
+    out = cli(["cell=gru", "steps=20", "eval_every=10", "sample_every=10", "num_samples=2", "report_samples=0",
+               "log_every=10", "cell.hidden_size=16", *track], tmp_path)
     assert out.returncode == 0, out.stderr
     from mlflow.tracking import MlflowClient
     client = MlflowClient(mlflow_server.uri)
@@ -484,11 +484,19 @@ def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, 
             coloured = frame.locator(".text span[data-tip]").count()
             page.screenshot(path=str(tmp_path / "mlflow_artifacts.png"))
             body = page.inner_text("body")
+            # the samples logged as a table are shown as one: a header per column, a row per sample
+            page.get_by_text("samples", exact=True).first.click(timeout=30000)
+            page.get_by_text("samples.json", exact=True).first.click(timeout=30000)
+            page.get_by_role("columnheader", name="sample").first.wait_for(timeout=30000)
+            headers = page.get_by_role("columnheader").all_inner_texts()
+            rows = page.get_by_role("row").count()
+            page.screenshot(path=str(tmp_path / "mlflow_table.png"))
         finally:
             browser.close()
     for name in ("surprise.png", "gates.png", "summary.json"):
         assert name in body, name
     assert coloured > 100
+    assert [h.strip() for h in headers][:2] == ["step", "sample"] and rows >= 1 + 4, (headers, rows)
 
 
 def test_the_measures_import_no_framework():
