@@ -508,3 +508,35 @@ def test_the_measures_import_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_gradient_flow_monitor_reports_during_training():
+    """The monitor measures the parameters being trained, at every ``every``-th step, and reports to
+    its listeners what ``gradient_flow`` gives for them."""
+    from rnnlab.clipping import NormClip
+    from rnnlab.inspect.monitor import GradientFlowMonitor
+    from rnnlab.optim import Adam
+    from rnnlab.train import Callback, train
+
+    class Spy(Callback):
+        def __init__(self):
+            self.reports = {}
+
+        def on_report(self, step, m):
+            self.reports[step] = m
+
+    play = TextDataset(SPEECH * 8, val_fraction=0.3, seq_len=17)
+    lm = CharLM(len(play.vocab), "gru", 12, dtype=np.float64)
+    params = lm.init_params(np.random.default_rng(0))
+    spy = Spy()
+    monitor = GradientFlowMonitor(lm, params, play.ids["val"], every=20, listeners=[spy], windows=16,
+                                  distances=(1, 10, 30))
+    train(lm, params, play, Adam(0.01), NormClip(5.0), steps=40, batch_size=4, eval_every=10,
+          callbacks=[monitor])
+    assert sorted(spy.reports) == [19, 39] and set(spy.reports[39]) == {"grad_flow_k1", "grad_flow_k10",
+                                                                         "grad_flow_k30"}
+    flow = gradient_flow(lm, params, play.ids["val"], 30, 16, np.random.default_rng(0))  # the final params
+    assert spy.reports[39]["grad_flow_k10"] == pytest.approx(flow.mean[-1, 10], rel=1e-12)
+    assert spy.reports[19] != spy.reports[39]          # measured on the parameters of that step
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        GradientFlowMonitor(lm, params, play.ids["val"], every=0)
