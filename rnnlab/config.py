@@ -51,6 +51,7 @@ class RunSettings:
     min_delta: float = 0.0
     reduction: str = "mean"
     report_samples: int = 0
+    gradient_flow_every: int = 0
     threads: int = 0
     resume: Optional[str] = None
 
@@ -106,6 +107,10 @@ def run_settings(cfg) -> RunSettings:
         raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {settings.patience}")
     if settings.min_delta < 0:
         raise ConfigError(f"min_delta must be >= 0, got {settings.min_delta}")
+    if settings.gradient_flow_every < 0 or (settings.gradient_flow_every and
+                                            settings.gradient_flow_every % settings.eval_every):
+        raise ConfigError(f"gradient_flow_every must be 0 (off) or a multiple of eval_every={settings.eval_every} "
+                          f"(it is measured at evaluations), got {settings.gradient_flow_every}")
     if settings.report_samples < 0:
         raise ConfigError(f"report_samples must be >= 0 (0: no final sample report), "
                           f"got {settings.report_samples}")

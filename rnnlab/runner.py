@@ -259,6 +259,10 @@ def run(cfg) -> float:
     callbacks = [Progress(settings.steps, settings.log_every), SampleWriter(out_dir / "samples"), checkpointer]
     if tracker:
         callbacks.append(tracker)
+        if settings.gradient_flow_every:
+            from .inspect.monitor import GradientFlowMonitor
+            callbacks.append(GradientFlowMonitor(lm, params, ds.targets("val"), settings.gradient_flow_every,
+                                                 listeners=[tracker], seed=settings.seed))
     callbacks.append(stopper)  # last: the step is checkpointed and logged before a stop
     log.info("%s: %r on %r, %s, %s, %s, %s", name, lm, ds, optimizer, schedule, clipper, sampler)
     status, reason, hist = "FAILED", None, None

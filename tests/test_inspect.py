@@ -381,9 +381,9 @@ def test_gradient_flow_preset_composes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tracked_run_logs_its_learning_curve_and_sample_tables(tmp_path):
+def test_a_tracked_run_logs_its_learning_curve_sample_tables_and_gradient_flow(tmp_path):
     out = cli(["cell=gru", "steps=30", "eval_every=10", "sample_every=15", "num_samples=3", "report_samples=7",
-               "log_every=10", "cell.hidden_size=16"], tmp_path)
+               "log_every=10", "cell.hidden_size=16", "gradient_flow_every=20"], tmp_path)
     assert out.returncode == 0, out.stderr
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -400,6 +400,12 @@ def test_a_tracked_run_logs_its_learning_curve_and_sample_tables(tmp_path):
     assert all(len(name) == length for name, length in report["data"])
     logged = json.loads(client.get_run(rid).data.tags["mlflow.loggedArtifacts"])
     assert {"path": "samples/samples.json", "type": "table"} in logged   # what makes the UI show a table
+    # gradient_flow_every=20: the flow at step 20 (the validation names joined are long enough for k=100)
+    for k in (1, 10, 25, 50, 100):
+        history = client.get_metric_history(rid, f"grad_flow_k{k}")
+        assert [m.step for m in history] == [20] and history[0].value > 0, k
+    bad = cli(["gradient_flow_every=15", "eval_every=10", "tracking=none"], tmp_path)
+    assert bad.returncode == 2 and "gradient_flow_every must be 0 (off) or a multiple of eval_every=10" in bad.stderr
 
 
 # --------------------------------------------------------------------------------- in a browser
