@@ -59,6 +59,8 @@ class RunSettings(TrainOptions, LearningRate):
     checkpoint_every: int = option(200, "write the last checkpoint every N steps (the best one at each "
                                    "improvement)", "> 0")
     resume: str | None = option(None, "a checkpoint path or an MLflow run id to continue from")
+    gradient_flow_every: int = option(0, "log the gradient flow (grad_flow_k1 … k100) to MLflow every N steps, "
+                                      "a multiple of eval_every", ">= 0", zero="off")
 
 
 def run_settings(cfg) -> RunSettings:
@@ -69,6 +71,9 @@ def run_settings(cfg) -> RunSettings:
         check_options(settings)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if settings.gradient_flow_every % settings.eval_every:
+        raise ConfigError(f"gradient_flow_every must be 0 (off) or a multiple of eval_every={settings.eval_every} "
+                          f"(it is measured at evaluations), got {settings.gradient_flow_every}")
     return settings
 
 

@@ -114,7 +114,12 @@ def task(job: Job, checkpointer: Checkpointer, tracker, stopper):
     s = job.settings
     options = TrainOptions(**{name: getattr(s, name) for name in TrainOptions.__dataclass_fields__})
     callbacks = [Progress(s.steps, s.log_every), SampleWriter(job.out_dir / "samples"), checkpointer,
-                 *([tracker] if tracker else []), stopper]
+                 *([tracker] if tracker else [])]
+    if tracker and s.gradient_flow_every:
+        from .inspect.monitor import GradientFlowMonitor
+        callbacks.append(GradientFlowMonitor(job.lm, job.params, job.dataset.targets("val"), s.gradient_flow_every,
+                                             listeners=[tracker], seed=s.seed))
+    callbacks.append(stopper)
     with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf is caught and reported by train()
         hist = train(job.lm, job.params, job.dataset, job.optimizer, job.clipper, options, sampler=job.sampler,
                      schedule=job.schedule, callbacks=callbacks, resume=job.resume)

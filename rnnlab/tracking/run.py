@@ -155,6 +155,23 @@ class MlflowTracker(Callback):
         self.flush()
         if history.report.get("samples"):
             self.log_samples("samples/report.txt", history.report["samples"])
+        self.log_figures(history)
+
+    def log_figures(self, history):
+        """The learning curves as ``figures/learning_curve.png``; the samples as tables the MLflow UI
+        shows as tables: ``samples/samples.json`` (step, sample) and ``samples/report.json`` (sample,
+        length). A resumed run appends to its tables."""
+        from .inspect.figures import learning_curve
+        figure = learning_curve(history, title=self.run_id)
+        if not self._safe("log_figure", self.client.log_figure, self.run_id, figure, "figures/learning_curve.png"):
+            self.skipped.append("figures/learning_curve.png")
+        periodic = [(step + 1, s) for step, texts in sorted(history.samples.items()) for s in texts]
+        tables = {"samples/samples.json": {"step": [p[0] for p in periodic], "sample": [p[1] for p in periodic]}}
+        report = history.report.get("samples") or []
+        tables["samples/report.json"] = {"sample": list(report), "length": [len(s) for s in report]}
+        for name, table in tables.items():
+            if table["sample"] and not self._safe("log_table", self.client.log_table, self.run_id, table, name):
+                self.skipped.append(name)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None):
         """Flush, tag the reason of a failure or a stop, and end the run with ``status``. Metrics the

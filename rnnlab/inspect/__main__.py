@@ -1,0 +1,153 @@
+"""``python -m rnnlab.inspect``: look inside a trained model — surprise, cells, gates, gradient flow.
+
+    python -m rnnlab.inspect checkpoint=outputs/…/checkpoints/best.npz            # held-out text
+    python -m rnnlab.inspect run=<MLflow run id> 'text="To be, or not to be"'     # + run artifacts
+    python -m rnnlab.inspect checkpoint=… views=[surprise,gates] out=look
+
+The views are written to the folder ``out`` (see ``rnnlab.inspect.views``); for ``run=`` they are
+also logged to that run's artifacts under ``inspect/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import ListConfig
+
+from ..checkpoint import CheckpointError, load, restore_model
+from ..cli import USER_ERRORS, config_path, fail
+from ..config import ConfigError, check_overrides, register_plugin_configs
+from ..data import read_text
+from .reading import prepare_text
+from .source import data_kind, heldout_text
+from .views import VIEWS, write_views
+
+
+def chosen_views(value) -> tuple[str, ...]:
+    """``views``: ``all`` or a list of view names."""
+    names = list(value) if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
+    if names == ["all"]:
+        return VIEWS
+    bad = [n for n in names if n not in VIEWS]
+    if bad or not names:
+        raise ConfigError(f"views: unknown view {bad[0] if bad else '(none)'!r}; give all, or a list of "
+                          f"{', '.join(VIEWS)}, e.g. views=[surprise,gates]")
+    return tuple(names)
+
+
+def _task(cfg):
+    try:
+        if bool(cfg.checkpoint) == bool(cfg.run):
+            raise ConfigError("give exactly one of checkpoint=<path> or run=<MLflow run id>")
+        if cfg.which not in ("best", "last"):
+            raise ConfigError(f"which must be best or last, got {cfg.which!r}")
+        if cfg.text is not None and cfg.text_file:
+            raise ConfigError("give at most one of text= and text_file=")
+        for key, least in (("chars", 2), ("top", 1), ("show", 1), ("max_distance", 1), ("windows", 1),
+                           ("offset", 0)):
+            if not int(cfg[key]) >= least:
+                raise ConfigError(f"{key} must be >= {least}, got {cfg[key]}")
+        views = chosen_views(cfg.views)
+        if cfg.checkpoint:
+            path, where = Path(str(cfg.checkpoint)).expanduser(), f"checkpoint={cfg.checkpoint}"
+        else:
+            from ..tracking import download_checkpoint, resolve_uri
+            uri = resolve_uri(cfg.tracking.get("uri"))
+            if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+                raise ConfigError(f"run={cfg.run}: there is no MLflow store at {uri}; run from the directory "
+                                  f"of mlflow.db or give tracking.uri=")
+            path, where = download_checkpoint(cfg, str(cfg.run), cfg.which), f"run={cfg.run}"
+        ckpt = load(path)
+        lm, params, vocab = restore_model(ckpt, where)
+        if "gates" in views and cfg.views != "all" and lm.cell_name not in ("lstm", "gru"):
+            raise ConfigError(f"the gates view needs an LSTM or a GRU; {where} is a {lm.cell_name!r} model")
+        lines = data_kind(ckpt) == "lines"
+        short = path.name if cfg.checkpoint else f"run {str(cfg.run)[:8]} ({cfg.which})"
+        flow_ids, source = None, ""
+        if cfg.text is not None or cfg.text_file:
+            given = str(cfg.text) if cfg.text is not None else read_text(cfg.text_file)
+            label = "text" if cfg.text is not None else f"text_file={cfg.text_file}"
+            text = prepare_text(given, vocab, lines, label)
+            source = f"{label} ({len(given)} characters)"
+            if "gradient_flow" in views:  # on held-out windows where the checkpoint records its data
+                try:
+                    whole, _ = heldout_text(ckpt, vocab, str(cfg.split), cfg.data_path, where)
+                    flow_ids = vocab.encode(whole)
+                except (ConfigError, CheckpointError):
+                    flow_ids = None
+        else:
+            whole, lines = heldout_text(ckpt, vocab, str(cfg.split), cfg.data_path, where)
+            start = int(cfg.offset)
+            if start >= len(whole) - 1:
+                raise ConfigError(f"offset={start} is past the end of the {cfg.split} split "
+                                  f"({len(whole)} characters)")
+            text = prepare_text(whole[start:start + int(cfg.chars) + 1], vocab, lines, f"split={cfg.split}")
+            source = f"{cfg.split} split, characters {start}–{start + len(text) - 1} of {len(whole)}"
+            flow_ids = vocab.encode(whole)
+        n_flow = len(flow_ids) if flow_ids is not None else len(text)
+        if "gradient_flow" in views and n_flow <= int(cfg.max_distance) + 1:
+            message = (f"the gradient flow needs more than max_distance + 1 = {int(cfg.max_distance) + 1} "
+                       f"characters of text, there are {n_flow}: lower max_distance")
+            if cfg.views != "all":
+                raise ConfigError(message)
+            print(f"rnnlab: note: gradient flow skipped: {message}", file=sys.stderr)
+            views = tuple(v for v in views if v != "gradient_flow")
+    except USER_ERRORS as e:
+        fail(str(e))
+    out = Path(str(cfg.out))
+    summary = write_views(out, lm, params, vocab, text, lines, views, flow_ids, source=f"{short}, {source}",
+                          top=int(cfg.top), show=int(cfg.show), max_distance=int(cfg.max_distance),
+                          windows=int(cfg.windows), seed=int(cfg.seed))
+    print(report(summary, out))
+    if cfg.run:
+        log_to_run(cfg, str(cfg.run), out)
+
+
+def report(summary: dict, out: Path) -> str:
+    """The headline numbers, and where the files are."""
+    lines = [f"{summary['model']}; {summary['source']}"]
+    if "surprise" in summary:
+        lines.append(f"surprise: {summary['surprise']['mean_nats']:.4f} nats/char "
+                     f"({summary['surprise']['mean_bits']:.4f} bits/char)")
+    for prop, units in summary.get("cells", {}).items():
+        lines.append(f"cells: {prop:<17} best {units[0]['unit']}  r = {units[0]['r']:+.3f}")
+    for k, layer in enumerate(summary.get("gates", [])):
+        lines.append(f"gates: layer {k} " + ", ".join(f"{g} {v['left_mean']:.0%} shut / {v['right_mean']:.0%} open"
+                                                      for g, v in layer.items()))
+    if "gradient_flow" in summary:
+        curve = summary["gradient_flow"]["mean_top_layer"]
+        lines.append("gradient flow (top layer, mean ‖g_k‖): " + ", ".join(f"k={k}: {v:.3g}" for k, v in curve.items()))
+    lines.append(f"written to {out.resolve()}/: {', '.join(summary['files'])}")
+    return "\n".join(lines)
+
+
+def log_to_run(cfg, run_id: str, out: Path) -> None:
+    """The folder ``out`` as the artifacts ``inspect/…`` of the MLflow run ``run_id``."""
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking import connect
+    client, _ = connect(cfg)
+    try:
+        client.log_artifacts(run_id, str(out), "inspect")
+    except (MlflowException, OSError) as e:
+        fail(f"the views are in {out.resolve()}, but logging them to MLflow run {run_id} failed ({e})", code=1)
+    print(f"logged to MLflow run {run_id}: artifacts inspect/")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        check_overrides([a for a in argv if not a.startswith("-")], "inspect")
+    except ConfigError as e:
+        fail(str(e))
+    import hydra
+
+    register_plugin_configs()
+    task = hydra.main(config_path=config_path(), config_name="inspect", version_base="1.3")(_task)
+    sys.argv = [sys.argv[0] if sys.argv else "rnnlab.inspect"] + argv
+    task()
+
+
+if __name__ == "__main__":
+    main()
