@@ -197,7 +197,7 @@ def test_saturation_of_a_cell_with_planted_gate_values(cell):
     params["l0.b"][:] = 0
     plant = {"a": 5.0, "b": -5.0, "c": 2.0}           # σ: 0.993 (open), 0.0067 (shut), 0.88 (neither)
     Wx = params["l0.Wx"]
-    for j, g in enumerate(gates):
+    for j, _gate in enumerate(gates):
         for unit in range(H):
             col = j * H + unit
             Wx[:, col] = 0

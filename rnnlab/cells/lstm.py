@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, as_gates, final_states, gate_major, grad_buffer, half_scale, project_inputs,
+from .base import (Cell, as_gates, final_states, grad_buffer, half_scale, project_inputs,
                    project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
 
 

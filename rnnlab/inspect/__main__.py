@@ -127,7 +127,7 @@ def log_to_run(cfg, run_id: str, out: Path) -> None:
     from mlflow.exceptions import MlflowException
 
     from ..tracking import connect
-    client, _ = connect(cfg)
+    client, _ = connect(cfg.tracking.get("uri"))
     try:
         client.log_artifacts(run_id, str(out), "inspect")
     except (MlflowException, OSError) as e:

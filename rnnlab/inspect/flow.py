@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..checkpoint import load, restore_model
 from ..cli import USER_ERRORS, fail
@@ -56,11 +55,8 @@ def checkpoints_of(opts) -> list[tuple[str, Path]]:
         return [(p, Path(p).expanduser()) for p in opts["checkpoints"].split(",") if p]
     from mlflow.exceptions import MlflowException
 
-    from ..tracking import connect, resolve_uri
-    uri = resolve_uri(opts.get("tracking.uri"))
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise ConfigError(f"no MLflow store at {uri}; run from the directory of mlflow.db or give tracking.uri=")
-    client, _ = connect(OmegaConf.create({"tracking": {"uri": uri}}))
+    from ..tracking import connect
+    client, uri = connect(opts.get("tracking.uri"), must_exist=True)
     exp = client.get_experiment_by_name(opts["experiment"])
     if exp is None:
         raise ConfigError(f"no MLflow experiment {opts['experiment']!r} in {uri}")
