@@ -161,7 +161,7 @@ class MlflowTracker(Callback):
         """The learning curves as ``figures/learning_curve.png``; the samples as tables the MLflow UI
         shows as tables: ``samples/samples.json`` (step, sample) and ``samples/report.json`` (sample,
         length). A resumed run appends to its tables."""
-        from .inspect.figures import learning_curve
+        from ..inspect.figures import learning_curve
         figure = learning_curve(history, title=self.run_id)
         if not self._safe("log_figure", self.client.log_figure, self.run_id, figure, "figures/learning_curve.png"):
             self.skipped.append("figures/learning_curve.png")
