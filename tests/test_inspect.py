@@ -391,15 +391,15 @@ def test_a_tracked_run_logs_its_learning_curve_sample_tables_and_gradient_flow(t
     rid = run.info.run_id
     png = Path(client.download_artifacts(rid, "figures/learning_curve.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    samples = json.loads(Path(client.download_artifacts(rid, "samples/samples.json", str(tmp_path))).read_text())
+    samples = json.loads(Path(client.download_artifacts(rid, "tables/samples.json", str(tmp_path))).read_text())
     assert samples["columns"] == ["step", "sample"] and [r[0] for r in samples["data"]] == [15, 15, 15, 30, 30, 30]
     periodic = Path(client.download_artifacts(rid, "samples/step_000030.txt", str(tmp_path))).read_text()
     assert [r[1] for r in samples["data"][3:]] == periodic.splitlines()
-    report = json.loads(Path(client.download_artifacts(rid, "samples/report.json", str(tmp_path))).read_text())
+    report = json.loads(Path(client.download_artifacts(rid, "tables/report.json", str(tmp_path))).read_text())
     assert report["columns"] == ["sample", "length"] and len(report["data"]) == 7
     assert all(len(name) == length for name, length in report["data"])
     logged = json.loads(client.get_run(rid).data.tags["mlflow.loggedArtifacts"])
-    assert {"path": "samples/samples.json", "type": "table"} in logged   # what makes the UI show a table
+    assert {"path": "tables/samples.json", "type": "table"} in logged   # what makes the UI show a table
     # gradient_flow_every=20: the flow at step 20 (the validation names joined are long enough for k=100)
     for k in (1, 10, 25, 50, 100):
         history = client.get_metric_history(rid, f"grad_flow_k{k}")
@@ -491,7 +491,7 @@ def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, 
             page.screenshot(path=str(tmp_path / "mlflow_artifacts.png"))
             body = page.inner_text("body")
             # the samples logged as a table are shown as one: a header per column, a row per sample
-            page.get_by_text("samples", exact=True).first.click(timeout=30000)
+            page.get_by_text("tables", exact=True).first.click(timeout=30000)
             page.get_by_text("samples.json", exact=True).first.click(timeout=30000)
             page.get_by_role("columnheader", name="sample").first.wait_for(timeout=30000)
             headers = page.get_by_role("columnheader").all_inner_texts()

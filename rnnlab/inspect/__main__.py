@@ -49,59 +49,67 @@ def _task(cfg):
             if not int(cfg[key]) >= least:
                 raise ConfigError(f"{key} must be >= {least}, got {cfg[key]}")
         views = chosen_views(cfg.views)
-        if cfg.checkpoint:
-            path, where = Path(str(cfg.checkpoint)).expanduser(), f"checkpoint={cfg.checkpoint}"
-        else:
-            from ..tracking import download_checkpoint, resolve_uri
-            uri = resolve_uri(cfg.tracking.get("uri"))
-            if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-                raise ConfigError(f"run={cfg.run}: there is no MLflow store at {uri}; run from the directory "
-                                  f"of mlflow.db or give tracking.uri=")
-            path, where = download_checkpoint(cfg, str(cfg.run), cfg.which), f"run={cfg.run}"
+        explicit = not (isinstance(cfg.views, str) and cfg.views == "all")
+        path, where = _checkpoint_path(cfg)
         ckpt = load(path)
         lm, params, vocab = restore_model(ckpt, where)
-        if "gates" in views and cfg.views != "all" and lm.cell_name not in ("lstm", "gru"):
+        if "gates" in views and explicit and lm.cell_name not in ("lstm", "gru"):
             raise ConfigError(f"the gates view needs an LSTM or a GRU; {where} is a {lm.cell_name!r} model")
-        lines = data_kind(ckpt) == "lines"
-        short = path.name if cfg.checkpoint else f"run {str(cfg.run)[:8]} ({cfg.which})"
-        flow_ids, source = None, ""
-        if cfg.text is not None or cfg.text_file:
-            given = str(cfg.text) if cfg.text is not None else read_text(cfg.text_file)
-            label = "text" if cfg.text is not None else f"text_file={cfg.text_file}"
-            text = prepare_text(given, vocab, lines, label)
-            source = f"{label} ({len(given)} characters)"
-            if "gradient_flow" in views:  # on held-out windows where the checkpoint records its data
-                try:
-                    whole, _ = heldout_text(ckpt, vocab, str(cfg.split), cfg.data_path, where)
-                    flow_ids = vocab.encode(whole)
-                except (ConfigError, CheckpointError):
-                    flow_ids = None
-        else:
-            whole, lines = heldout_text(ckpt, vocab, str(cfg.split), cfg.data_path, where)
-            start = int(cfg.offset)
-            if start >= len(whole) - 1:
-                raise ConfigError(f"offset={start} is past the end of the {cfg.split} split "
-                                  f"({len(whole)} characters)")
-            text = prepare_text(whole[start:start + int(cfg.chars) + 1], vocab, lines, f"split={cfg.split}")
-            source = f"{cfg.split} split, characters {start}–{start + len(text) - 1} of {len(whole)}"
-            flow_ids = vocab.encode(whole)
+        text, lines, flow_ids, source = _text_to_read(cfg, ckpt, vocab, "gradient_flow" in views, where)
         n_flow = len(flow_ids) if flow_ids is not None else len(text)
         if "gradient_flow" in views and n_flow <= int(cfg.max_distance) + 1:
             message = (f"the gradient flow needs more than max_distance + 1 = {int(cfg.max_distance) + 1} "
                        f"characters of text, there are {n_flow}: lower max_distance")
-            if cfg.views != "all":
+            if explicit:
                 raise ConfigError(message)
             print(f"rnnlab: note: gradient flow skipped: {message}", file=sys.stderr)
             views = tuple(v for v in views if v != "gradient_flow")
     except USER_ERRORS as e:
         fail(str(e))
     out = Path(str(cfg.out))
+    short = path.name if cfg.checkpoint else f"run {str(cfg.run)[:8]} ({cfg.which})"
     summary = write_views(out, lm, params, vocab, text, lines, views, flow_ids, source=f"{short}, {source}",
                           top=int(cfg.top), show=int(cfg.show), max_distance=int(cfg.max_distance),
                           windows=int(cfg.windows), seed=int(cfg.seed))
     print(report(summary, out))
     if cfg.run:
         log_to_run(cfg, str(cfg.run), out)
+
+
+def _checkpoint_path(cfg) -> tuple[Path, str]:
+    """(the checkpoint file, how to name it in messages): the given path, or the run's downloaded one."""
+    if cfg.checkpoint:
+        return Path(str(cfg.checkpoint)).expanduser(), f"checkpoint={cfg.checkpoint}"
+    from ..tracking import download_checkpoint, resolve_uri
+    uri = resolve_uri(cfg.tracking.get("uri"))
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError(f"run={cfg.run}: there is no MLflow store at {uri}; run from the directory "
+                          f"of mlflow.db or give tracking.uri=")
+    return download_checkpoint(cfg, str(cfg.run), cfg.which), f"run={cfg.run}"
+
+
+def _text_to_read(cfg, ckpt, vocab, flow: bool, where: str):
+    """(the text to read, prepared; whether it is read as lines; the held-out ids for the gradient flow,
+    or None for the text's own; a description for the titles)."""
+    lines = data_kind(ckpt) == "lines"
+    if cfg.text is None and not cfg.text_file:   # a slice of the held-out data
+        whole, lines = heldout_text(ckpt, vocab, str(cfg.split), cfg.data_path, where)
+        start = int(cfg.offset)
+        if start >= len(whole) - 1:
+            raise ConfigError(f"offset={start} is past the end of the {cfg.split} split ({len(whole)} characters)")
+        text = prepare_text(whole[start:start + int(cfg.chars) + 1], vocab, lines, f"split={cfg.split}")
+        source = f"{cfg.split} split, characters {start}–{start + len(text) - 1} of {len(whole)}"
+        return text, lines, vocab.encode(whole), source
+    given = str(cfg.text) if cfg.text is not None else read_text(cfg.text_file)
+    label = "text" if cfg.text is not None else f"text_file={cfg.text_file}"
+    text = prepare_text(given, vocab, lines, label)
+    flow_ids = None
+    if flow:  # on held-out windows where the checkpoint records its data, else on the text
+        try:
+            flow_ids = vocab.encode(heldout_text(ckpt, vocab, str(cfg.split), cfg.data_path, where)[0])
+        except (ConfigError, CheckpointError):
+            pass
+    return text, lines, flow_ids, f"{label} ({len(given)} characters)"
 
 
 def report(summary: dict, out: Path) -> str:

@@ -159,16 +159,16 @@ class MlflowTracker(Callback):
 
     def log_figures(self, history):
         """The learning curves as ``figures/learning_curve.png``; the samples as tables the MLflow UI
-        shows as tables: ``samples/samples.json`` (step, sample) and ``samples/report.json`` (sample,
+        shows as tables: ``tables/samples.json`` (step, sample) and ``tables/report.json`` (sample,
         length). A resumed run appends to its tables."""
         from ..inspect.figures import learning_curve
         figure = learning_curve(history, title=self.run_id)
         if not self._safe("log_figure", self.client.log_figure, self.run_id, figure, "figures/learning_curve.png"):
             self.skipped.append("figures/learning_curve.png")
         periodic = [(step + 1, s) for step, texts in sorted(history.samples.items()) for s in texts]
-        tables = {"samples/samples.json": {"step": [p[0] for p in periodic], "sample": [p[1] for p in periodic]}}
+        tables = {"tables/samples.json": {"step": [p[0] for p in periodic], "sample": [p[1] for p in periodic]}}
         report = history.report.get("samples") or []
-        tables["samples/report.json"] = {"sample": list(report), "length": [len(s) for s in report]}
+        tables["tables/report.json"] = {"sample": list(report), "length": [len(s) for s in report]}
         for name, table in tables.items():
             if table["sample"] and not self._safe("log_table", self.client.log_table, self.run_id, table, name):
                 self.skipped.append(name)
