@@ -2,9 +2,11 @@
 cross-entropy.
 
 Parameters are one flat dict of arrays: the embedding ``E (V, D)`` when there is one, the cells' as
-``"l{k}.{name}"`` (``l0.Wx``, ``l0.Wh``, …) and the output layer's as ``Wy (H, V)``, ``by (V,)``. Shapes
+``"l{k}.{name}"`` (``l0.Wx``, ``l0.Wh``, …) and the output layer's as ``Wy (H, V)``, ``by (V,)`` — made
+by ``init_params`` as a ``FlatParams`` (views into one buffer; gradients come the same way). Shapes
 are time-major: ``x``, ``y``, ``mask`` are ``(T, B)``; a state is a list, one tuple of (B, H) arrays per
-layer.
+layer. A padded batch is packed once on the way in (``cells.base.Layout``): every layer, the output
+layer and the loss then work on the N real positions only, and results come back in column order.
 
 Dropout (inverted: kept units are scaled by 1/(1-p)) acts on the non-recurrent connections only, as in
 Zaremba et al. (2014): the embedding output, the output of every layer into the next one, and the top

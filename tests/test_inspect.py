@@ -522,7 +522,7 @@ def test_gradient_flow_monitor_reports_during_training():
     from rnnlab.clipping import NormClip
     from rnnlab.inspect.monitor import GradientFlowMonitor
     from rnnlab.optim import Adam
-    from rnnlab.train import Callback, train
+    from rnnlab.train import Callback, TrainOptions, train
 
     class Spy(Callback):
         def __init__(self):
@@ -537,7 +537,7 @@ def test_gradient_flow_monitor_reports_during_training():
     spy = Spy()
     monitor = GradientFlowMonitor(lm, params, play.ids["val"], every=20, listeners=[spy], windows=16,
                                   distances=(1, 10, 30))
-    train(lm, params, play, Adam(0.01), NormClip(5.0), steps=40, batch_size=4, eval_every=10,
+    train(lm, params, play, Adam(0.01), NormClip(5.0), TrainOptions(steps=40, batch_size=4, eval_every=10),
           callbacks=[monitor])
     assert sorted(spy.reports) == [19, 39] and set(spy.reports[39]) == {"grad_flow_k1", "grad_flow_k10",
                                                                          "grad_flow_k30"}

@@ -17,7 +17,7 @@ from omegaconf import ListConfig
 
 from ..checkpoint import CheckpointError, load, restore_model
 from ..cli import USER_ERRORS, config_path, fail
-from ..config import ConfigError, check_overrides, register_plugin_configs
+from ..config import ConfigError, check_overrides, register_configs
 from ..data import read_text
 from .reading import prepare_text
 from .source import data_kind, heldout_text
@@ -151,7 +151,7 @@ def main(argv=None):
         fail(str(e))
     import hydra
 
-    register_plugin_configs()
+    register_configs()
     task = hydra.main(config_path=config_path(), config_name="inspect", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab.inspect"] + argv
     task()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model import softmax
+
 
 @dataclass
 class GradientFlow:
@@ -52,17 +54,15 @@ def gradient_flow(lm, params, ids, max_distance: int = 100, windows: int = 256,
     cols = starts[None, :] + np.arange(T)[:, None]
     x, y_last = ids[cols], ids[starts + T]                    # (T, B) inputs, (B,) the last targets
     B, H = len(starts), lm.hidden_size
-    (logits, _), (caches, _, _) = lm.forward(params, x)
-    z = logits[-1].astype(np.float64)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    (logits, _), (caches, *_, layout) = lm.forward(params, x)
+    p = softmax(logits[-1].astype(np.float64))
     p[np.arange(B), y_last] -= 1                              # ∂loss_{T-1}/∂logits_{T-1}, each window
     dhs = np.zeros((T, B, H), lm.dtype)
     dhs[-1] = p.astype(lm.dtype) @ params["Wy"].T
     norms = np.empty((lm.num_layers, T, B))
     for k in reversed(range(lm.num_layers)):
         dh_steps = np.empty((T, B, H), lm.dtype)
-        _, (dx, _) = lm.cell.backward(dhs, caches[k], dh_steps=dh_steps)
+        _, (dx, _) = lm.cell.backward(dhs, (caches[k], layout), dh_steps=dh_steps)
         norms[k] = np.linalg.norm(dh_steps.astype(np.float64), axis=2)[::-1]   # row k: distance k
         dhs = dx
     q10, q50, q90 = np.quantile(norms, [0.1, 0.5, 0.9], axis=2)

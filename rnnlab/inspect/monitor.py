@@ -1,7 +1,7 @@
 """Gradient flow measured during training: a training-loop callback (``rnnlab.train.Callback``).
 
     monitor = GradientFlowMonitor(lm, params, heldout_ids, every=500, listeners=[tracker])
-    train(lm, params, ds, opt, clip, steps=5000, callbacks=[tracker, monitor])
+    train(lm, params, ds, opt, clip, TrainOptions(steps=5000), callbacks=[tracker, monitor])
 
 At every ``every``-th evaluation step it measures the gradient flow of the parameters being trained (the
 ``params`` dict, updated in place by ``train``) on held-out windows, and hands the top layer's mean
