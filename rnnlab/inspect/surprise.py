@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model import log_softmax
+
 
 @dataclass
 class Surprise:
@@ -27,11 +29,9 @@ class Surprise:
 
 def surprise(reading, k: int = 5) -> Surprise:
     """The loss of each character of a ``Reading`` and the model's top-``k`` guesses at each step."""
-    logits = reading.logits.astype(np.float64)
-    logp = logits - logits.max(axis=1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    logp = log_softmax(reading.logits.astype(np.float64))
     n = len(reading.y)
     loss = -logp[np.arange(n), reading.y]
-    k = min(k, logits.shape[1])
+    k = min(k, logp.shape[1])
     top = np.argsort(-logp, axis=1, kind="stable")[:, :k]
     return Surprise(loss, top, np.exp(np.take_along_axis(logp, top, axis=1)))
