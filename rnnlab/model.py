@@ -52,10 +52,10 @@ class CharLM:
         params = lm.init_params(np.random.default_rng(0))
         loss, grads, state = lm.loss_and_grads(params, x, y, mask)
     """
-    # A shard's thread pays only when each step of it has at least this many gate values to compute
-    # (shard width × gates × hidden size); below, per-step overhead and the GIL eat the gain
+    # A shard's thread pays only when it has at least this many gate values to compute in a batch (its
+    # real positions × gates × hidden size); below, per-step overhead and the GIL eat the gain
     # (measured: experiments/benchmarks/README.md, "Batch shards in threads").
-    MIN_SHARD_WORK = 98304
+    MIN_SHARD_WORK = 1_000_000
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
                  num_layers: int = 1, dtype=np.float32, reduction: str = "mean", dropout: float = 0.0,
@@ -198,7 +198,7 @@ class CharLM:
         T, B = x.shape
         n = _characters(x, mask)
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
-        shards = self.shards(B)
+        shards = self.shards(B, int(n))
         if len(shards) == 1:
             total, grads, final, dstate0 = self._grads(params, x, y, Layout(mask, T, B), state0, dstate, drop,
                                                        scale)
@@ -220,11 +220,12 @@ class CharLM:
         loss = total / n
         return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
 
-    def shards(self, batch: int) -> list[slice]:
-        """How many shards ``loss_and_grads`` splits a batch of ``batch`` sequences into, and their sizes
-        (as slices): at most ``threads``, each with at least ``MIN_SHARD_WORK`` gate values per step."""
-        per_sequence = self.cell.gates * self.hidden_size
-        k = max(1, min(self.threads, batch * per_sequence // self.MIN_SHARD_WORK))
+    def shards(self, batch: int, positions: int) -> list[slice]:
+        """How many shards ``loss_and_grads`` splits a batch of ``batch`` sequences with ``positions`` real
+        steps in all into, and their sizes (as slices): at most ``threads``, each with at least
+        ``MIN_SHARD_WORK`` gate values to compute."""
+        per_position = self.cell.gates * self.hidden_size
+        k = max(1, min(self.threads, batch, positions * per_position // self.MIN_SHARD_WORK))
         edges = [round(i * batch / k) for i in range(k + 1)]
         return [slice(a, b) for a, b in itertools.pairwise(edges)]
 

@@ -104,7 +104,7 @@ def test_batch_shards_in_threads_give_the_one_pass_result(cell, reduction, rng, 
     two = CharLM(V, cell, H, 2, dtype=np.float64, reduction=reduction, dropout=0.3, embedding_size=3,
                  threads=2)
     monkeypatch.setattr(CharLM, "MIN_SHARD_WORK", 1)      # shard even this small batch
-    assert two.shards(Bw) == [slice(0, 4), slice(4, 9)] and one.shards(Bw) == [slice(0, 9)]
+    assert two.shards(Bw, 40) == [slice(0, 4), slice(4, 9)] and one.shards(Bw, 40) == [slice(0, 9)]
     params = one.init_params(rng)
     x, y = rng.integers(0, V, (Tw, Bw)), rng.integers(0, V, (Tw, Bw))
     mask = (np.arange(Tw)[:, None] < rng.integers(0, Tw + 1, Bw)).astype(float)
@@ -127,12 +127,11 @@ def test_batch_shards_in_threads_give_the_one_pass_result(cell, reduction, rng, 
 
 
 def test_shards_need_enough_work_per_thread():
-    """Sharding pays only above a minimum of gate values per step per shard (see MIN_SHARD_WORK)."""
-    lstm = CharLM(V, "lstm", 256, threads=2)           # 4 gates × 256 = 1,024 values per sequence
-    assert lstm.shards(128) == [slice(0, 128)]         # 128 × 1,024 < 2 × 98,304: one pass
-    assert lstm.shards(256) == [slice(0, 128), slice(128, 256)]
-    assert CharLM(V, "lstm", 512, threads=2).shards(128) == [slice(0, 64), slice(64, 128)]
-    assert CharLM(V, "lstm", 512).shards(128) == [slice(0, 128)]   # threads=1 (the library default)
-    assert len(CharLM(V, "rnn", 512, threads=2).shards(128)) == 1  # 512 values per sequence: too little work
+    """Sharding pays only above a minimum of gate values per shard and batch (see MIN_SHARD_WORK)."""
+    lstm = CharLM(V, "lstm", 256, threads=2)             # 4 gates × 256 = 1,024 values per position
+    assert lstm.shards(32, 400) == [slice(0, 32)]        # names: 400 × 1,024 < 2 × 1,000,000: one pass
+    assert lstm.shards(32, 3200) == [slice(0, 16), slice(16, 32)]   # 100-character chunks: two shards
+    assert CharLM(V, "lstm", 256).shards(32, 3200) == [slice(0, 32)]   # threads=1 (the library default)
+    assert len(CharLM(V, "rnn", 64, threads=2).shards(128, 3200)) == 1  # 64 values per position: too little
     with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
         CharLM(V, "rnn", 4, threads=0)
