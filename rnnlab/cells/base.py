@@ -210,16 +210,9 @@ class Cell:
 # (n, H) block, and NumPy's element-wise loops run several times faster on contiguous blocks than on the
 # column slices of (n, G*H) rows. The parameters keep the fused (…, G*H) layout.
 
-def gate_major(W, G: int, scale=None):
-    """A (D, G*H) weight as a contiguous (G, D, H) copy, ``gate_major(W, G)[k] = W[:, k*H:(k+1)*H]``,
-    its columns multiplied by ``scale`` (G*H,) if given, in the same pass."""
-    D, GH = W.shape
-    out = np.empty((G, D, GH // G), W.dtype)
-    if scale is None:
-        np.copyto(out, as_gates(W, G))
-    else:
-        np.multiply(as_gates(W, G), scale.reshape(G, 1, -1), out=out)
-    return out
+def gate_major(W, G: int):
+    """A (D, G*H) weight as a contiguous (G, D, H) copy: ``gate_major(W, G)[k] = W[:, k*H:(k+1)*H]``."""
+    return np.ascontiguousarray(as_gates(W, G))
 
 
 class RecurrentBackward:
@@ -260,17 +253,17 @@ def as_gates(a, G: int):
     return a.reshape(D, G, GH // G).transpose(1, 0, 2)
 
 
-def project_inputs(x, Wx, b, G: int, scale=None):
-    """All input projections in one go, gate-major: ``(x @ Wx + b) * scale`` as (G, N, H) (scale: None
-    or (G*H,)). Integer ``x`` (N,) is a one-hot input, so its projection is a row gather of ``Wx``."""
-    Wg = gate_major(Wx, G, scale)
+def project_inputs(x, Wx, b, G: int):
+    """All input projections in one go, gate-major: ``x @ Wx + b`` as (G, N, H). Integer ``x`` (N,) is a
+    one-hot input, so its projection is a row gather of ``Wx``."""
+    Wg = gate_major(Wx, G)
     z = np.take(Wg, x, axis=1) if np.issubdtype(x.dtype, np.integer) else np.matmul(x, Wg)
-    z += (b if scale is None else b * scale).reshape(G, 1, -1)
+    z += b.reshape(G, 1, -1)
     return z
 
 
 def project_inputs_backward(x, dz, Wx, out=None):
-    """Gradients of ``project_inputs`` (without scale) from dz (G, N, H): ``(dWx, db, dx)``. For integer
+    """Gradients of ``project_inputs`` from dz (G, N, H): ``(dWx, db, dx)``. For integer
     ``x`` the gradient is scattered back into rows and ``dx`` is None. ``out``: None, or a dict whose
     "Wx" and "b" arrays receive dWx and db."""
     G, N, H = dz.shape
@@ -307,14 +300,6 @@ def grad_buffer(out, name, shape, dtype):
 def final_states(arrays, pk: Packing):
     """Each sequence's final state from state arrays of B + N rows (initial ones first)."""
     return tuple(np.take(a, pk.last, axis=0) for a in arrays)
-
-
-def half_scale(gates: int, sigmoid_gates: int, H: int, dtype):
-    """(G*H,) factors: 0.5 on the first ``sigmoid_gates`` blocks, 1 on the rest. Pre-activations scaled
-    so make one ``tanh`` call activate every gate at once: sigmoid(z) = 0.5 + 0.5 tanh(z / 2)."""
-    scale = np.ones(gates * H, dtype)
-    scale[:sigmoid_gates * H] = 0.5
-    return scale
 
 
 def tanh_to_sigmoid(t):

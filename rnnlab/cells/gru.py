@@ -4,9 +4,8 @@
     n = tanh(x Wx_n + b_n + r * (h Wh_n + bh))
     h_t = (1 - u) * n + u * h_{t-1}
 
-The forward pass computes z/2 for r and u (the weights' columns scaled by 0.5, once per batch), so that
-one ``tanh`` call activates both gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major,
-(3, N, H) (see ``base``).
+The forward pass halves the pre-activations of r and u so that one ``tanh`` call activates both gates:
+sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major, (3, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, as_gates, final_states, grad_buffer, half_scale, project_inputs,
+from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs,
                    project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
 
 
@@ -35,9 +34,8 @@ class GRU(Cell):
         Returns ((hs (N, H), (h_final,)), cache).
         """
         H, bh = params["Wh"].shape[0], params["bh"]
-        scale = half_scale(3, 2, H, params["Wh"].dtype)
-        Wh = as_gates(params["Wh"] * scale, 3)                          # (3, H, H) view
-        z = project_inputs(x, params["Wx"], params["b"], 3, scale)      # (3, N, H) → r, u, n in place
+        Wh = as_gates(params["Wh"], 3)                                  # (3, H, H) view
+        z = project_inputs(x, params["Wx"], params["b"], 3)             # (3, N, H) → r, u, n in place
         r_, u, cand = z
         B, dt = pk.B, z.dtype
         hs = np.empty((B + pk.N, H), dt)
@@ -51,6 +49,7 @@ class GRU(Cell):
             np.matmul(h, Wh, out=hw[:, :n])
             ru = z[:2, s:e]
             ru += hw[:2, :n]
+            ru *= 0.5                            # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for both gates
             np.tanh(ru, out=ru)
             tanh_to_sigmoid(ru)
             np.add(hw[2, :n], bh, out=hn[s:e])

@@ -3,9 +3,8 @@
     z = x_t Wx + h_{t-1} Wh + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
     c_t = f * c_{t-1} + i * g;     h_t = o * tanh(c_t)
 
-The forward pass computes z/2 for i, f, o (the weights' columns scaled by 0.5, once per batch), so that
-one ``tanh`` call activates all four gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept
-gate-major, (4, N, H) (see ``base``).
+The forward pass halves the pre-activations of i, f, o so that one ``tanh`` call activates all four
+gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major, (4, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, as_gates, final_states, grad_buffer, half_scale, project_inputs,
+from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs,
                    project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
 
 
@@ -34,9 +33,8 @@ class LSTM(Cell):
         Returns ((hs (N, H), (h_final, c_final)), cache).
         """
         H = params["Wh"].shape[0]
-        scale = half_scale(4, 3, H, params["Wh"].dtype)
-        Wh = as_gates(params["Wh"] * scale, 4)                          # (4, H, H) view
-        z = project_inputs(x, params["Wx"], params["b"], 4, scale)      # (4, N, H), activated in place
+        Wh = as_gates(params["Wh"], 4)                                  # (4, H, H) view
+        z = project_inputs(x, params["Wx"], params["b"], 4)             # (4, N, H), activated in place
         i, f, o, g = z
         B, dt = pk.B, z.dtype
         hs, cs = np.empty((B + pk.N, H), dt), np.empty((B + pk.N, H), dt)   # initial states, then steps
@@ -49,6 +47,7 @@ class LSTM(Cell):
             zt, r, e = z[:, s:s + n], B + s, s + n
             np.matmul(hs[p:p + n], Wh, out=rec[:, :n])
             zt += rec[:, :n]
+            zt[:3] *= 0.5                        # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
             np.tanh(zt, out=zt)
             tanh_to_sigmoid(zt[:3])
             c = cs[r:r + n]
