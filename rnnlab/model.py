@@ -54,7 +54,7 @@ class CharLM:
     """
     # A shard's thread pays only when it has at least this many gate values to compute in a batch (its
     # real positions × gates × hidden size); below, per-step overhead and the GIL eat the gain
-    # (measured: experiments/benchmarks/README.md, "Batch shards in threads").
+    # (measured: experiments/benchmarks/README.md, session 4, "Batch shards re-decided").
     MIN_SHARD_WORK = 1_000_000
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
