@@ -8,8 +8,8 @@ end with a one-paragraph message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-
 
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
 from .lifecycle import USER_ERRORS, fail
@@ -27,25 +27,63 @@ def search_path_args() -> list[str]:
     return ["--config-dir", str(EXPERIMENTS_DIR)] if (EXPERIMENTS_DIR / "experiment").is_dir() else []
 
 
-def print_plugins() -> None:
+# Hydra's flags that take a value (``--cfg job``, ``-sc install=bash``…): the value is not an override.
+HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-sc", "--shell-completion", "-cp", "--config-path",
+                     "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
+INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def overrides_of(argv: list[str]) -> list[str]:
+    """The overrides of a command line: its words but Hydra's flags and their values."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in HYDRA_VALUE_FLAGS or (arg in ("-i", "--info") and i + 1 < len(argv)
+                                                and argv[i + 1] in INFO_TOPICS)
+        else:
+            out.append(arg)
+    return out
+
+
+def emit(text: str) -> None:
+    """Print ``text`` to stdout; a reader that stops early (``| head``) ends the command quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise SystemExit(0) from None
+
+
+def wants_help(argv: list[str]) -> bool:
+    """``--help`` or ``-h`` (Hydra's own page is ``--hydra-help``)."""
+    return any(a in ("--help", "-h") for a in argv)
+
+
+def plugins_text() -> str:
     """What is installed: every registry and every config group with its options."""
     from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES
-    print("Plugins (registry: names; third-party packages add more through entry points "
-          "'rnnlab.<registry>'):")
-    for reg in (CELLS, OPTIMIZERS, SCHEDULES, CLIPPERS, SAMPLERS, DATASETS):
-        print(f"  {reg.family:<11} {', '.join(reg.names())}")
-    print("Config groups (choose with group=name):")
-    for group, names in available_options().items():
-        print(f"  {group:<11} {', '.join(names)}")
+    lines = ["Plugins (registry: names; third-party packages add more through entry points "
+             "'rnnlab.<registry>'):"]
+    lines += [f"  {reg.family:<11} {', '.join(reg.names())}"
+              for reg in (CELLS, OPTIMIZERS, SCHEDULES, CLIPPERS, SAMPLERS, DATASETS)]
+    lines.append("Config groups (choose with group=name; python -m rnnlab --help shows their keys):")
+    lines += [f"  {group:<11} {', '.join(names)}" for group, names in available_options().items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        from .help import train_help
+        emit(train_help())
+        return
     if "--plugins" in argv:
-        print_plugins()
+        emit(plugins_text())
         return
     try:
-        check_overrides([a for a in argv if not a.startswith("-")])
+        check_overrides(overrides_of(argv))
     except ConfigError as e:
         fail(str(e))
     import hydra

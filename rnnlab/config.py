@@ -209,6 +209,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     options = available_options()
     primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     chosen = _default_choices(primary)
+    if config_name != "config":  # another command (generate, inspect) takes only the groups it declares
+        options = {group: names for group, names in options.items() if group in chosen}
     for ov in overrides:
         key, sep, value = ov.partition("=")
         key = key.lstrip("+~")

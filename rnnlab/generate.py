@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import data_kind, load, restore_model
-from .cli import config_path
+from .cli import config_path, emit, overrides_of, wants_help
 from .lifecycle import USER_ERRORS, fail
 from .config import ConfigError, build, check_overrides, register_configs
 from .data import DataError, ends_at_eol
@@ -56,8 +56,12 @@ def _task(cfg):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        from .help import generate_help
+        emit(generate_help())
+        return
     try:
-        check_overrides([a for a in argv if not a.startswith("-")], "generate")
+        check_overrides(overrides_of(argv), "generate")
     except ConfigError as e:
         fail(str(e))
     import hydra

@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import ListConfig
 
 from ..checkpoint import CheckpointError, load, restore_model
-from ..cli import USER_ERRORS, config_path, fail
-from ..config import ConfigError, check_overrides, register_plugin_configs
+from ..cli import USER_ERRORS, config_path, emit, fail, overrides_of, wants_help
+from ..config import ConfigError, check_overrides, register_configs
 from ..data import read_text
 from .reading import prepare_text
 from .source import data_kind, heldout_text
@@ -137,13 +137,17 @@ def log_to_run(cfg, run_id: str, out: Path) -> None:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        from ..help import inspect_help
+        emit(inspect_help())
+        return
     try:
-        check_overrides([a for a in argv if not a.startswith("-")], "inspect")
+        check_overrides(overrides_of(argv), "inspect")
     except ConfigError as e:
         fail(str(e))
     import hydra
 
-    register_plugin_configs()
+    register_configs()
     task = hydra.main(config_path=config_path(), config_name="inspect", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab.inspect"] + argv
     task()

@@ -152,6 +152,9 @@ class MlflowTracker(Callback):
             best = min(history.val_nll)
             self._metric("best_val_nll", best, step + 1)
             self._metric("best_val_bpc", nats_to_bits(best), step + 1)
+        # the run's speed as its summary states it: characters trained on, over the seconds of the steps
+        self._metric("train_chars", history.chars, step + 1)
+        self._metric("train_seconds", history.seconds, step + 1)
         self.flush()
         if history.report.get("samples"):
             self.log_samples("samples/report.txt", history.report["samples"])
