@@ -47,6 +47,62 @@ def overrides_of(argv: list[str]) -> list[str]:
     return out
 
 
+# Hydra plugins that come with an optional extra: (group, option) -> (module, what it is, how to install it)
+_SWEEP, _RAY = "pip install 'rnnlab[sweep]'", "pip install 'rnnlab[ray]'"
+OPTIONAL_PLUGINS = {
+    ("hydra/launcher", "parallel"): ("hydra_plugins.hydra_joblib_launcher", "Hydra's joblib launcher", _SWEEP),
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "Hydra's joblib launcher", _SWEEP),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "Hydra's Optuna sweeper", _SWEEP),
+    ("hydra/launcher", "ray_cluster"): ("hydra_plugins.hydra_ray_launcher", "Hydra's Ray launcher", _RAY),
+    ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "Hydra's Ray launcher", _RAY),
+    ("hydra/launcher", "ray_aws"): ("hydra_plugins.hydra_ray_launcher", "Hydra's Ray launcher", _RAY),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "Hydra's Submitit launcher",
+                                           "pip install hydra-submitit-launcher"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "Hydra's Submitit launcher",
+                                           "pip install hydra-submitit-launcher"),
+}
+
+
+def hydra_choices(overrides: list[str]) -> list[tuple[str, str, str]]:
+    """(group, option, where it was asked for) of the Hydra plugins a command line chooses: directly
+    (``hydra/launcher=parallel``) or through a named experiment (``override /hydra/sweeper: optuna``)."""
+    from omegaconf import DictConfig, OmegaConf
+    out = []
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith("hydra/"):
+            out += [(key, v.strip(), ov) for v in value.split(",")]
+        elif key == "experiment" and (EXPERIMENTS_DIR / "experiment" / f"{value}.yaml").is_file():
+            for entry in OmegaConf.load(EXPERIMENTS_DIR / "experiment" / f"{value}.yaml").get("defaults", []):
+                if isinstance(entry, (dict, DictConfig)):
+                    for group, name in entry.items():
+                        group = str(group).replace("override", "").strip().lstrip("/")
+                        out.append((group, str(name), ov))
+    return out
+
+
+def check_extras(overrides: list[str]) -> None:
+    """Refuse, in our words, a launcher or sweeper whose optional extra is not installed: which part is
+    missing, which extra brings it, and the pip command (Hydra would say "Could not load …")."""
+    import importlib.util
+    for group, name, asked in hydra_choices(overrides):
+        plugin = OPTIONAL_PLUGINS.get((group, name))
+        if plugin is None:
+            continue
+        module, what, install = plugin
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            extra = install.split("[")[1].split("]")[0] if "[" in install else None
+            where = f", from rnnlab's optional extra `{extra}`," if extra else ""
+            source = f" (in a source checkout: pip install -e '.[{extra}]')" if extra else ""
+            raise ConfigError(f"{asked!r} needs {what}{where} which is not installed here. "
+                              f"Install it with: {install}{source}")
+
+
 def emit(text: str) -> None:
     """Print ``text`` to stdout; a reader that stops early (``| head``) ends the command quietly."""
     try:
@@ -84,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         check_overrides(overrides_of(argv))
+        check_extras(overrides_of(argv))
     except ConfigError as e:
         fail(str(e))
     import hydra

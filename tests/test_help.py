@@ -118,3 +118,25 @@ def test_bash_completion_as_the_readme_installs_it(tmp_path, line, expected):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert set(out.stdout.split()) == expected, out.stdout
+
+
+@pytest.mark.parametrize("args, part, extra", [
+    (["-m", "hydra/launcher=parallel", "cell=rnn,gru"], "Hydra's joblib launcher", "sweep"),
+    (["experiment=optuna"], "Hydra's Optuna sweeper", "sweep"),
+    (["-m", "hydra/launcher=ray_cluster", "cell=rnn,gru"], "Hydra's Ray launcher", "ray"),
+])
+def test_a_missing_optional_part_is_named_with_its_extra_and_the_pip_command(tmp_path, args, part, extra):
+    """Without the extra (hidden here from the import system), the command says what is missing and how
+    to install it, in our words, before Hydra tries to load it; nothing is written."""
+    hide = ("import sys\n"
+            "for m in ('hydra_plugins.hydra_joblib_launcher', 'hydra_plugins.hydra_optuna_sweeper',\n"
+            "          'hydra_plugins.hydra_ray_launcher'):\n"
+            "    sys.modules[m] = None   # as if not installed\n"
+            "from rnnlab.cli import main\nmain(sys.argv[1:])\n")
+    out = subprocess.run([sys.executable, "-c", hide, *args], cwd=tmp_path, env=env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"needs {part}, from rnnlab's optional extra `{extra}`" in out.stderr
+    assert f"pip install 'rnnlab[{extra}]'" in out.stderr and f"pip install -e '.[{extra}]'" in out.stderr
+    assert "Could not load" not in out.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
