@@ -65,10 +65,19 @@ def connect(uri: str | None, launch_dir=None, must_exist: bool = False):
     return MlflowClient(tracking_uri=uri), uri
 
 
+# The kind the MLflow UI reads to open an experiment on its training runs (not as a GenAI project).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client, name: str) -> str:
-    """The id of the experiment ``name``, created if it does not exist yet."""
+    """The id of the experiment ``name``, created if it does not exist yet, of the kind of training runs."""
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp is None:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in exp.tags:   # an experiment created before: say its kind, never change a chosen one
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:
