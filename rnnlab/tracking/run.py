@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from ..config import hydra_config, is_multirun
 from ..model import nats_to_bits
 from ..train import Callback
-from .store import connect, experiment_id, ui_command
+from .store import connect, experiment_id, ui_command, ui_link
 from .sweep import find_parent_run, sweep_id
 
 log = logging.getLogger("rnnlab")
@@ -150,6 +150,7 @@ class MlflowTracker(Callback):
         self.retry_at = 0.0         # during an outage, no call before this time (time.monotonic())
         self.backoff = 5.0
         self.skipped = []           # artifacts not sent during an outage
+        self.experiment_id = None
         self.register = None        # a Model Registry name for the model (tracking.register)
         self.digests = {}           # MLflow context (validation, test) -> (dataset name, digest)
         self.model_params = {}      # what the logged model is: cell, sizes, vocabulary
@@ -195,6 +196,7 @@ class MlflowTracker(Callback):
         inputs = dataset_inputs(dataset, str(cfg.data.get("name", "data")), cfg.data.get("path"))
         client.log_inputs(run_id, datasets=inputs)
         tracker = cls(client, run_id, uri, experiment, out_dir)
+        tracker.experiment_id = exp_id
         tracker.register = cfg.tracking.get("register")
         tracker.digests = {i.dataset.name.rsplit(".", 1)[1]: (i.dataset.name, i.dataset.digest) for i in inputs}
         tracker.model_params = {"cell": lm.cell_name, **{k: str(v) for k, v in flatten(
@@ -373,7 +375,12 @@ class MlflowTracker(Callback):
             lines.append(f"  model: mlflow.pyfunc.load_model({self.model_uri!r})")
         if self.model_version:
             lines.append(f"  registered: models:/{self.register}/{self.model_version}")
-        lines.append(f"  see it with: {ui_command(self.uri)}")
+        link = ui_link(self.uri, self.experiment_id, self.run_id)
+        if self.uri.startswith(("http://", "https://")):
+            lines.append(f"  see it with: open {link}")
+        else:
+            lines.append(f"  see it with: {ui_command(self.uri)}")
+            lines.append(f"  then open: {link}")
         return lines
 
 

@@ -49,6 +49,14 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The address of an experiment's runs (or of one run) in the MLflow UI that ``ui_command`` starts
+    (or on the server ``uri``), opened on model training (the UI's GenAI view is its default)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
 def connect(uri: str | None, launch_dir=None, must_exist: bool = False):
     """(MlflowClient, resolved uri) of the store ``uri`` (``tracking.uri``; None: the default store).
     An unreachable server fails here, within seconds; with ``must_exist`` so does a missing SQLite file."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..lifecycle import fail
-from .store import connect, experiment_id, ui_command
+from .store import connect, experiment_id, ui_command, ui_link
 
 log = logging.getLogger("rnnlab")
 
@@ -84,4 +84,4 @@ class SweepCallback(_HydraCallback):
         log.info("sweep %s finished: %d trials (%d finished). Compare them with: "
                  "python -m rnnlab.compare sweep=%s%s", self.parent, len(trials), len(done), self.parent,
                  "" if self.uri.endswith(f"{os.getcwd()}/mlflow.db") else f" tracking.uri={self.uri}")
-        log.info("see the sweep with: %s", ui_command(self.uri))
+        log.info("see the sweep with: %s, then open %s", ui_command(self.uri), ui_link(self.uri, self.experiment_id))
