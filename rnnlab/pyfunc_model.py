@@ -43,7 +43,8 @@ class NameGenerator(PythonModel):
             sampler = SoftmaxSampler(float(opts.get("temperature", 1.0)))
             out += generate(self.lm, self.params, self.vocab, sampler, np.random.default_rng(int(opts.get("seed", 0))),
                             n=int(opts.get("n", 1)), prime=str(opts.get("prime", "") or ""),
-                            max_len=int(opts.get("max_len", 50)), stop_at_eol=self.stop_at_eol)
+                            max_len=int(opts.get("max_len", 50)), stop_at_eol=self.stop_at_eol,
+                            min_len=1)   # a name has at least one character
         return out
 
 
