@@ -44,6 +44,8 @@ def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_pa
     text = first.stdout + first.stderr
     link = text.split("see it with: open ")[1].split()[0]
     assert "workflowType=machine_learning" in link and "registered: models:/dinos/1" in text
+    runs_link = text.split("the best first: ")[1].split()[0]
+    assert "viewStateShareKey=rnnlab" in runs_link
 
     from mlflow.tracking import MlflowClient
     client = MlflowClient(mlflow_server.uri)
@@ -64,10 +66,11 @@ def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_pa
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(link, timeout=60000)
             hide_assistant(page)
-            # the experiment, from the link of the summary without the run: its runs table
-            page.goto(link.split("/runs/")[0] + "/runs?workflowType=machine_learning", timeout=60000)
+            # the experiment, from the printed link to all its runs: the runs table, the losses as columns
+            page.goto(runs_link, timeout=60000)
             page.get_by_text(gru.info.run_name[:20]).first.wait_for(timeout=60000)
             page.get_by_text("dinos.train").first.wait_for(timeout=30000)
+            page.get_by_text("best_val_nll").first.wait_for(timeout=30000)
             page.screenshot(path=str(shots / "1-experiment-runs.png"))
             pages["runs"] = page.inner_text("body")
             # the run, from the printed link
@@ -94,6 +97,10 @@ def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_pa
     # the experiment opens on model training: runs, not the GenAI overview (traces, latency, tokens)
     assert "Run Name" in pages["runs"] and "Token Usage" not in pages["runs"] and "Latency" not in pages["runs"]
     assert lstm.info.run_name[:20] in pages["runs"] and gru.info.run_name[:20] in pages["runs"]
+    for column in ("best_val_nll", "val_nll", "test_nll", "cell.name", "seed"):   # shown, not behind a menu
+        assert column in pages["runs"], column
+    first = pages["runs"].index(gru.info.run_name[:20]) < pages["runs"].index(lstm.info.run_name[:20])
+    assert first == (gru.data.metrics["best_val_nll"] < lstm.data.metrics["best_val_nll"])   # the best first
     # the run: its name says what differs, its data, its registered model
     assert "lstm-h16-adam-lr0.005 steps=60" in pages["run"] and "dinos.train" in pages["run"]
     assert "dinos" in pages["run"].split("Registered models")[1][:200]

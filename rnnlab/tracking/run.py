@@ -376,11 +376,13 @@ class MlflowTracker(Callback):
         if self.model_version:
             lines.append(f"  registered: models:/{self.register}/{self.model_version}")
         link = ui_link(self.uri, self.experiment_id, self.run_id)
+        runs = ui_link(self.uri, self.experiment_id)
         if self.uri.startswith(("http://", "https://")):
             lines.append(f"  see it with: open {link}")
         else:
             lines.append(f"  see it with: {ui_command(self.uri)}")
             lines.append(f"  then open: {link}")
+        lines.append(f"  all the runs of {self.experiment!r}, the best first: {runs}")
         return lines
 
 
