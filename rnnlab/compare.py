@@ -1,11 +1,12 @@
-"""``python -m rnnlab.compare``: a sweep's trials as a table sorted by validation loss, and a PNG of
-their validation curves.
+"""``python -m rnnlab.compare``: the runs of a sweep (or of an experiment) as a table sorted by their best
+validation loss, and a PNG of their validation curves.
 
-    python -m rnnlab.compare sweep=<parent run id>            # the trials of one -m sweep
+    python -m rnnlab.compare sweep=<sweep id>                 # the trials of one -m sweep
     python -m rnnlab.compare experiment=<name>                # every finished run of an experiment
-    options: tracking.uri=<uri> (default: ./mlflow.db)  plot=<file.png>  markdown=<file.md>
 
-Only the parameters that vary between the runs are shown, with the speed (median chars/s) and the time.
+Only the parameters that vary between the runs are shown, with the best and the final validation loss,
+the speed (characters trained on per second of training step) and the seconds of training steps: both
+measured as the run's own summary measures them, so chars/s × seconds is the characters trained on.
 """
 
 from __future__ import annotations
@@ -14,24 +15,37 @@ import statistics
 import sys
 from pathlib import Path
 
+from .cli import emit
 from .config import ConfigError
 from .lifecycle import fail
 from .tracking import connect
 
-SKIP_PARAMS = ("resume", "tracking.uri", "data.path")
+SKIP_PARAMS = ("resume", "tracking.uri", "data.path", "tracking.register")
+ARGS = {"sweep": "the sweep id the sweep printed (its MLflow parent run id)",
+        "experiment": "an MLflow experiment: its runs (not sweeps' parent runs)",
+        "tracking.uri": "the store (default: ./mlflow.db), or http://host:5000",
+        "plot": "where the PNG of the validation curves goes (default: compare-<id>.png here)",
+        "markdown": "also write the table to this Markdown file"}
+
+
+def help_text() -> str:
+    lines = ["rnnlab.compare: the runs of a sweep or of an experiment, sorted by their best validation loss.", "",
+             "Usage", "  python -m rnnlab.compare sweep=<sweep id> [key=value …]",
+             "  python -m rnnlab.compare experiment=<name> [key=value …]", "", "Keys"]
+    lines += [f"  {k + '=…':<16} {v}" for k, v in ARGS.items()]
+    return "\n".join(lines)
 
 
 def parse(argv: list[str]) -> dict:
-    allowed = {"sweep", "experiment", "tracking.uri", "plot", "markdown"}
     opts = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"unknown argument {arg!r}; allowed: {', '.join(sorted(allowed))} "
-                              f"(as key=value)")
+        if not sep or key not in ARGS:
+            raise ConfigError(f"unknown argument {arg!r}; allowed: {', '.join(sorted(ARGS))} "
+                              f"(as key=value; --help for what they mean)")
         opts[key] = value
     if ("sweep" in opts) == ("experiment" in opts):
-        raise ConfigError("give exactly one of sweep=<parent run id> or experiment=<name>")
+        raise ConfigError("give exactly one of sweep=<sweep id> or experiment=<name>")
     return opts
 
 
@@ -42,11 +56,12 @@ def collect(client, opts):
         try:
             parent = client.get_run(opts["sweep"])
         except MlflowException:
-            raise ConfigError(f"no MLflow run with id {opts['sweep']!r} in {client.tracking_uri}") from None
+            raise ConfigError(f"no sweep with id {opts['sweep']!r} in {client.tracking_uri} (the id is the "
+                              f"one the sweep printed: its MLflow parent run)") from None
         runs = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{opts['sweep']}'",
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                   max_results=10000)
-        return f"sweep {opts['sweep']} ({parent.data.tags.get('overrides', '')})", runs
+        return f"sweep {parent.info.run_id} ({parent.data.tags.get('overrides', '')})", runs
     exp = client.get_experiment_by_name(opts["experiment"])
     if exp is None:
         names = [e.name for e in client.search_experiments()]
@@ -56,8 +71,11 @@ def collect(client, opts):
     return f"experiment {opts['experiment']}", runs
 
 
+NAN = float("nan")
+
+
 def table(client, runs) -> tuple[list[str], list[dict]]:
-    """(varying parameter names, one row per run sorted by final val_nll)."""
+    """(varying parameter names, one row per run sorted by its best val_nll; a run without one last)."""
     keys = sorted({k for r in runs for k in r.data.params if k not in SKIP_PARAMS})
     varying, seen = [], set()
     for k in keys:
@@ -67,14 +85,18 @@ def table(client, runs) -> tuple[list[str], list[dict]]:
             seen.add(values)
     rows = []
     for r in runs:
-        speed = [m.value for m in client.get_metric_history(r.info.run_id, "chars_per_sec")]
-        seconds = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
+        m = r.data.metrics
+        seconds = m.get("train_seconds")
+        if seconds is None:  # a run of an older rnnlab: the median of its steps' speed, and no time
+            speed = [x.value for x in client.get_metric_history(r.info.run_id, "chars_per_sec")]
+            chars_per_sec, seconds = (statistics.median(speed) if speed else NAN), NAN
+        else:
+            chars_per_sec = m.get("train_chars", NAN) / seconds if seconds > 0 else NAN
         rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": r.info.status,
                      **{k: r.data.params.get(k, "") for k in varying},
-                     "val_nll": r.data.metrics.get("val_nll", float("nan")),
-                     "best_val_nll": r.data.metrics.get("best_val_nll", float("nan")),
-                     "chars/s": statistics.median(speed) if speed else float("nan"), "seconds": seconds})
-    rows.sort(key=lambda row: (row["val_nll"] != row["val_nll"], row["val_nll"]))
+                     "val_nll": m.get("val_nll", NAN), "best_val_nll": m.get("best_val_nll", m.get("val_nll", NAN)),
+                     "chars/s": chars_per_sec, "seconds": seconds})
+    rows.sort(key=lambda row: (row["best_val_nll"] != row["best_val_nll"], row["best_val_nll"]))
     return varying, rows
 
 
@@ -88,10 +110,10 @@ def _short(value: str) -> str:
 
 
 def markdown(varying, rows) -> str:
-    cols = ["#", *varying, "val_nll", "best_val_nll", "chars/s", "seconds", "status", "run id"]
+    cols = ["#", *varying, "best_val_nll", "final val_nll", "chars/s", "train s", "status", "run id"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for i, row in enumerate(rows, 1):
-        cells = [str(i), *[_short(row[k]) for k in varying], f"{row['val_nll']:.4f}", f"{row['best_val_nll']:.4f}",
+        cells = [str(i), *[_short(row[k]) for k in varying], f"{row['best_val_nll']:.4f}", f"{row['val_nll']:.4f}",
                  f"{row['chars/s']:,.0f}", f"{row['seconds']:.1f}", row["status"], row["id"][:8]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -128,6 +150,9 @@ def plot(client, varying, rows, path: Path, title: str) -> Path:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("--help", "-h") for a in argv):
+        emit(help_text())
+        return
     try:
         opts = parse(argv)
         client, _ = connect(opts.get("tracking.uri"), must_exist=True)
@@ -138,11 +163,12 @@ def main(argv=None):
         fail(str(e))
     varying, rows = table(client, runs)
     text = markdown(varying, rows)
-    print(f"{title}: {len(rows)} runs, sorted by final val_nll (nats/char)\n")
-    print(text)
+    emit(f"{title}: {len(rows)} runs, sorted by their best val_nll (nats/char); chars/s and train s: "
+         f"characters trained on per second of training step, and those seconds\n")
+    emit(text)
     tag = opts.get("sweep", opts.get("experiment"))[:8]
     png = plot(client, varying, rows, Path(opts.get("plot", f"compare-{tag}.png")), title)
-    print(f"\nvalidation curves: {png.resolve()}")
+    emit(f"\nvalidation curves: {png.resolve()}")
     if "markdown" in opts:
         Path(opts["markdown"]).write_text(text + "\n")
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .checks import check_options, option
+from .corpora import fetch, is_url
 from .data import LINES, DataError, load_dataset
 from .registry import CELLS, CLIPPERS, DATASETS, OPTIMIZERS, SAMPLERS, SCHEDULES, UnknownPluginError
 from .train import TrainOptions
@@ -143,6 +144,8 @@ def build_dataset(cfg):
     (seed 0) whatever the run's seed, so runs with different seeds are compared on the same data."""
     kind, options = plugin_options("data", cfg.data)
     try:
+        if is_url(options.get("path")):   # downloaded once, into the user's cache (rnnlab/corpora.py)
+            options["path"] = str(fetch(options["path"]))
         return load_dataset(kind, seed=0, **options)
     except DataError as e:
         key = str(e).split(" ", 1)[0]
@@ -209,6 +212,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     options = available_options()
     primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     chosen = _default_choices(primary)
+    if config_name != "config":  # another command (generate, inspect) takes only the groups it declares
+        options = {group: names for group, names in options.items() if group in chosen}
     for ov in overrides:
         key, sep, value = ov.partition("=")
         key = key.lstrip("+~")

@@ -6,20 +6,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import data_kind, load, restore_model
-from .cli import config_path
+from .cli import command
 from .lifecycle import USER_ERRORS, fail
-from .config import ConfigError, build, check_overrides, register_configs
+from .config import ConfigError, build
 from .data import DataError, ends_at_eol
 from .sampling import generate
 
 
-def samples_from_checkpoint(path, sampler, n=10, prime="", seed=0, max_len=50, where=None) -> list[str]:
+def samples_from_checkpoint(path, sampler, n=10, prime="", seed=0, max_len=50, where=None, min_len=1) -> list[str]:
     """Generate ``n`` samples from the checkpoint at ``path``."""
     ckpt = load(path)
     lm, params, vocab = restore_model(ckpt, where or str(path))
@@ -28,7 +27,7 @@ def samples_from_checkpoint(path, sampler, n=10, prime="", seed=0, max_len=50, w
         raise DataError(f"prime={prime!r} has characters outside the model's vocabulary: {''.join(bad)!r}; "
                         f"allowed: {''.join(vocab.chars[1:])!r}")
     return generate(lm, params, vocab, sampler, np.random.default_rng(seed), n=n, prime=prime,
-                    max_len=max_len, stop_at_eol=ends_at_eol(data_kind(ckpt)))
+                    max_len=max_len, stop_at_eol=ends_at_eol(data_kind(ckpt)), min_len=min_len)
 
 
 def _task(cfg):
@@ -38,6 +37,8 @@ def _task(cfg):
         for key in ("n", "max_len"):
             if not int(cfg[key]) >= 1:
                 raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+        if not int(cfg.min_len) >= 0:
+            raise ConfigError(f"min_len must be >= 0, got {cfg.min_len}")
         if cfg.which not in ("best", "last"):
             raise ConfigError(f"which must be best or last, got {cfg.which!r}")
         sampler = build("sampler", cfg)
@@ -47,7 +48,7 @@ def _task(cfg):
             from .tracking import download_checkpoint
             path, where = download_checkpoint(cfg, str(cfg.run), cfg.which), f"run={cfg.run}"
         names = samples_from_checkpoint(path, sampler, int(cfg.n), str(cfg.prime or ""), int(cfg.seed),
-                                        int(cfg.max_len), where)
+                                        int(cfg.max_len), where, int(cfg.min_len))
     except USER_ERRORS as e:
         fail(str(e))
     # names: one per line; running text (which holds newlines): the samples apart, between rules
@@ -55,17 +56,8 @@ def _task(cfg):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_overrides([a for a in argv if not a.startswith("-")], "generate")
-    except ConfigError as e:
-        fail(str(e))
-    import hydra
-
-    register_configs()
-    task = hydra.main(config_path=config_path(), config_name="generate", version_base="1.3")(_task)
-    sys.argv = [sys.argv[0] if sys.argv else "rnnlab.generate"] + argv
-    task()
+    from .help import generate_help
+    command("generate", _task, generate_help, argv)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,8 @@ def summary(job: Job, hist, best: float, seconds: float, tracker=None) -> list[s
         r = hist.report
         lines.append(f"  {len(r['samples'])} samples of the best model: {r['samples_new']:.1%} new, "
                      f"{r['samples_in_train']:.1%} copies of training names, {r['samples_in_heldout']:.1%} "
-                     f"of held-out names ({out / 'samples' / 'report.txt'})")
+                     f"of held-out names{f', {r_empty:.1%} empty' if (r_empty := r.get('samples_empty')) else ''} "
+                     f"({out / 'samples' / 'report.txt'})")
     if hist.stopped_at is not None:
         lines.append(f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
                      f"{job.settings.patience} evaluations (best checkpoint: {out / 'checkpoints' / 'best.npz'})")

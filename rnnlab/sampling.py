@@ -97,12 +97,14 @@ class TopPSampler(SoftmaxSampler):
 
 
 def generate(lm, params, vocab, sampler, rng: np.random.Generator, n: int = 10, prime: str = "",
-             max_len: int = 50, stop_at_eol: bool = True) -> list[str]:
+             max_len: int = 50, stop_at_eol: bool = True, min_len: int = 0) -> list[str]:
     """Generate ``n`` sequences in parallel, each starting with ``prime``.
 
     Each sequence starts from the end-of-line token (the start of a name), is fed ``prime``, then
     sampled one character at a time until the end-of-line character (with ``stop_at_eol``) or until
-    ``max_len`` sampled characters. Returns the texts, ``prime`` included, without the final newline.
+    ``max_len`` sampled characters. ``min_len``: the end-of-line character cannot end a text shorter
+    than this (prime included), e.g. 1 for no empty name. Returns the texts, ``prime`` included,
+    without the final newline.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -118,6 +120,9 @@ def generate(lm, params, vocab, sampler, rng: np.random.Generator, n: int = 10, 
     done = np.zeros(n, bool)
     for t in range(max_len):
         logits, state = lm.step(params, x, state)
+        if stop_at_eol and len(prime) + t < min_len:
+            logits = logits.copy()
+            logits[:, 0] = -np.inf   # too short to end
         x = np.asarray(sampler(logits, rng), np.int64)
         x[done] = 0
         out[t] = x

@@ -118,16 +118,18 @@ def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = N
 
 def sample_report(dataset, samples: list[str]) -> dict:
     """For name datasets: the shares of ``samples`` that copy a training name, copy a held-out
-    (validation or test) name, or are new (makemore's split). Empty for running text."""
+    (validation or test) name, are new (makemore's split), or are empty (not a name: counted apart).
+    Empty for running text."""
     if not ends_at_eol(dataset.kind) or not samples:
         return {}
     train = set(dataset.lines["train"])
     heldout = set(dataset.lines["val"]) | set(dataset.lines["test"])
     n = len(samples)
+    empty = sum(s == "" for s in samples)
     in_train = sum(s in train for s in samples)
     in_heldout = sum(s not in train and s in heldout for s in samples)
     return {"samples_in_train": in_train / n, "samples_in_heldout": in_heldout / n,
-            "samples_new": (n - in_train - in_heldout) / n}
+            "samples_new": (n - in_train - in_heldout - empty) / n, "samples_empty": empty / n}
 
 
 def train(lm, params: dict, dataset, optimizer, clipper, options: TrainOptions, *, sampler=None,

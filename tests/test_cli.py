@@ -51,7 +51,11 @@ def tracked(tmp_path_factory):
 def test_tracked_run_logs_everything(tracked):
     cwd, output, client, run, uri = tracked
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "lstm-h16-adam-lr0.01"
+    # the name says the model and what else differs from the defaults (not what it already says)
+    assert run.info.run_name == ("lstm-h16-adam-lr0.01 steps=30 data.test_fraction=0.1 cell.dropout=0.1 "
+                                 "cell.embedding_size=8 optimizer.weight_decay=0.01")
+    exp = client.get_experiment(run.info.experiment_id)   # the UI opens it on its training runs
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     p = run.data.params
     assert p["cell.name"] == "lstm" and p["cell.hidden_size"] == "16" and p["optimizer.lr"] == "0.01"
     assert p["steps"] == "30" and p["data.name"] == "dinos" and p["clip.max_norm"] == "5.0"
@@ -71,10 +75,38 @@ def test_tracked_run_logs_everything(tracked):
     assert {"samples", "checkpoints", "config"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert samples == {"samples/step_000015.txt", "samples/step_000030.txt", "samples/report.txt"}
+    tables = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
+    assert tables == {"tables/samples.json", "tables/report.json"}       # shown as tables in the UI
+    assert "figures/learning_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     report = client.download_artifacts(run.info.run_id, "samples/report.txt", str(cwd))
     assert len(Path(report).read_text().splitlines()) == 50
     ckpts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert ckpts == {"checkpoints/last.npz", "checkpoints/best.npz"}
+    # the data: train, validation and test splits as MLflow dataset inputs, with digest and source
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"dinos.train", "dinos.validation", "dinos.test"}
+    for name, i in inputs.items():
+        assert i.tags[0].key == "mlflow.data.context" and i.tags[0].value == name.split(".")[1]
+        assert len(i.dataset.digest) == 16 and '"builtin": true' in i.dataset.source
+    assert len({i.dataset.digest for i in inputs.values()}) == 3
+    # the model: the best checkpoint, at its step, with a signature, an input example, linked metrics
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    best = load(run_dir(cwd) / "checkpoints" / "best.npz")
+    assert model.source_run_id == run.info.run_id and model.params["checkpoint"] == "best.npz"
+    linked = {m.key: m for m in model.metrics if m.dataset_name}
+    assert linked["best_val_nll"].dataset_name == "dinos.validation" and linked["best_val_nll"].step == best.step
+    assert linked["best_val_nll"].value == pytest.approx(best.meta["best_val_nll"])
+    assert linked["best_val_nll"].dataset_digest == inputs["dinos.validation"].dataset.digest
+    assert linked["test_nll"].dataset_name == "dinos.test"
+    import mlflow
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info(f"models:/{model.model_id}")
+    assert [c.name for c in info.signature.inputs.inputs] == ["prime", "n", "temperature", "seed", "max_len"]
+    assert info.saved_input_example_info is not None
+    # MLflow's own lines, warnings and progress bars are in the log file, not among rnnlab's
+    for noise in ("Downloading artifacts", "type hints", "Validating input example", "database tables"):
+        assert noise not in output, noise
+    assert "Validating input example" in (run_dir(cwd) / "rnnlab.log").read_text()
     # the run says where to look
     assert run.info.run_id in output
     assert f"mlflow ui --backend-store-uri {uri}" in output

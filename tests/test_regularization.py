@@ -189,7 +189,8 @@ def test_test_split_is_evaluated_once_with_the_best_parameters(rng):
     assert hist.test_nll == pytest.approx(evaluate(lm, hist.best_params, ds, "test"), rel=1e-12)
     assert reports[-1]["test_nll"] == hist.test_nll
     assert len(hist.report["samples"]) == 200
-    assert sum(hist.report[k] for k in ("samples_in_train", "samples_in_heldout", "samples_new")) == 1
+    assert sum(hist.report[k] for k in ("samples_in_train", "samples_in_heldout", "samples_new",
+                                        "samples_empty")) == pytest.approx(1)
     assert reports[-1]["final_samples_new"] == hist.report["samples_new"]
     no_test = train(lm, lm.init_params(rng), names_dataset(0.0), OPTIMIZERS.build("adam", lr=0.05),
                     NormClip(5), TrainOptions(steps=5, batch_size=8, eval_every=5, report_samples=0))
@@ -202,7 +203,7 @@ def test_sample_report_counts_copies_and_new_names():
     assert len({train_name, val_name, test_name}) == 3 and val_name not in ds.lines["train"]
     report = sample_report(ds, [train_name, train_name, val_name, test_name, "zzz", ""])
     assert report == pytest.approx({"samples_in_train": 2 / 6, "samples_in_heldout": 2 / 6,
-                                    "samples_new": 2 / 6})
+                                    "samples_new": 1 / 6, "samples_empty": 1 / 6})   # an empty name is not new
     assert sample_report(TextDataset("ab" * 500, seq_len=10), ["ab"]) == {}
     assert History().report == {}
 

@@ -45,7 +45,7 @@ def check_sweep(client, n_trials, steps=30, experiment="rnnlab"):
             assert len(client.get_metric_history(t.info.run_id, key)) == steps, key
     overrides = {t.data.tags["overrides"] for t in trials}
     assert len(overrides) == n_trials  # each trial carries the overrides that distinguish it
-    best = min(t.data.metrics["val_nll"] for t in trials)
+    best = min(t.data.metrics["best_val_nll"] for t in trials)   # the best model, not the last one
     assert client.get_run(parent.info.run_id).data.metrics["best_val_nll"] == pytest.approx(best)
     return parent, trials
 
@@ -57,6 +57,9 @@ def test_multirun_nests_trials_under_one_parent(tmp_path):
     parent, trials = check_sweep(store(tmp_path), 4)
     text = out.stdout + out.stderr
     assert f"python -m rnnlab.compare sweep={parent.info.run_id}" in text
+    # one id: the sweep's lines name the parent run, never a second id
+    assert parent.data.tags["rnnlab.sweep_id"] not in text
+    assert f"sweep {parent.info.run_id} (its MLflow parent run)" in text
 
     cmp = cli([f"sweep={parent.info.run_id}", f"plot={tmp_path / 'curves.png'}"], tmp_path,
               module="rnnlab.compare")
@@ -65,8 +68,18 @@ def test_multirun_nests_trials_under_one_parent(tmp_path):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:3] == ["#", "cell.name", "lr"] and "optimizer.lr" not in header  # varying, once
     assert "chars/s" in header and "cell.hidden_size" not in header                # constant: hidden
-    vals = [float(line.split("|")[header.index("val_nll") + 1]) for line in lines[1:]]
-    assert len(vals) == 4 and vals == sorted(vals)
+    column = {name: [line.split("|")[header.index(name) + 1].strip() for line in lines[1:]] for name in header}
+    best = [float(v) for v in column["best_val_nll"]]
+    assert len(best) == 4 and best == sorted(best)               # sorted by the best model of each trial
+    final = [float(v) for v in column["final val_nll"]]
+    assert all(b <= f for b, f in zip(best, final))
+    # chars/s and seconds measured the same way as the run's summary: chars/s × seconds = characters
+    by_id = {t.info.run_id[:8]: t for t in trials}
+    for run_id, speed, seconds in zip(column["run id"], column["chars/s"], column["train s"]):
+        m = by_id[run_id].data.metrics
+        assert float(speed.replace(",", "")) == pytest.approx(m["train_chars"] / m["train_seconds"], abs=1)
+        assert float(seconds) == pytest.approx(m["train_seconds"], abs=0.05)
+        assert m["train_chars"] >= 30 * 32 * 4   # 30 steps of 32 names, each 3+ letters and its end
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import ListConfig
 
 from ..checkpoint import CheckpointError, load, restore_model
-from ..cli import USER_ERRORS, config_path, fail
-from ..config import ConfigError, check_overrides, register_configs
+from ..cli import USER_ERRORS, command, fail
+from ..config import ConfigError
 from ..data import read_text
 from .reading import prepare_text
 from .source import data_kind, heldout_text
@@ -144,17 +144,8 @@ def log_to_run(cfg, run_id: str, out: Path) -> None:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_overrides([a for a in argv if not a.startswith("-")], "inspect")
-    except ConfigError as e:
-        fail(str(e))
-    import hydra
-
-    register_configs()
-    task = hydra.main(config_path=config_path(), config_name="inspect", version_base="1.3")(_task)
-    sys.argv = [sys.argv[0] if sys.argv else "rnnlab.inspect"] + argv
-    task()
+    from ..help import inspect_help
+    command("inspect", _task, inspect_help, argv)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ concern:
 """
 
 from .run import MlflowTracker, flatten
-from .store import check_reachable, connect, download_checkpoint, resolve_uri, ui_command
+from .store import check_reachable, connect, download_checkpoint, resolve_uri, ui_command, ui_link
 from .sweep import SweepCallback, find_parent_run, sweep_id
 
 __all__ = ["MlflowTracker", "SweepCallback", "check_reachable", "connect", "download_checkpoint", "find_parent_run",
-           "flatten", "resolve_uri", "sweep_id", "ui_command"]
+           "flatten", "resolve_uri", "sweep_id", "ui_command", "ui_link"]

@@ -49,6 +49,16 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The address of an experiment's runs table (with rnnlab's view: losses and options as columns, the
+    best first) or of one run, in the MLflow UI that ``ui_command`` starts (or on the server ``uri``),
+    opened on model training (the UI's GenAI view is its default)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+
+
 def connect(uri: str | None, launch_dir=None, must_exist: bool = False):
     """(MlflowClient, resolved uri) of the store ``uri`` (``tracking.uri``; None: the default store).
     An unreachable server fails here, within seconds; with ``must_exist`` so does a missing SQLite file."""
@@ -65,10 +75,28 @@ def connect(uri: str | None, launch_dir=None, must_exist: bool = False):
     return MlflowClient(tracking_uri=uri), uri
 
 
+# The kind the MLflow UI reads to open an experiment on its training runs (not as a GenAI project).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A view of the runs table that the UI opens with ?viewStateShareKey=rnnlab (MLflow's shared views are
+# experiment tags): the losses and the main options as columns, the best run first.
+VIEW_KEY = "rnnlab"
+VIEW = {"selectedColumns": [f"metrics.`{m}`" for m in ("best_val_nll", "val_nll", "test_nll", "train_seconds")]
+        + [f"params.`{p}`" for p in ("cell.name", "cell.hidden_size", "cell.num_layers", "lr", "steps", "seed",
+                                     "data.name")],
+        "orderByKey": "metrics.`best_val_nll`", "orderByAsc": True}
+
+
 def experiment_id(client, name: str) -> str:
-    """The id of the experiment ``name``, created if it does not exist yet."""
+    """The id of the experiment ``name``, created if it does not exist yet, of the kind of training runs."""
+    import json
+    tags = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW)}
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp is None:
+        return client.create_experiment(name, tags=tags)
+    for key, value in tags.items():
+        if key not in exp.tags:   # an experiment created before: add them, never change a chosen one
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:

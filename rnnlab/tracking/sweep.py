@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..lifecycle import fail
-from .store import connect, experiment_id, ui_command
+from .store import connect, experiment_id, ui_command, ui_link
 
 log = logging.getLogger("rnnlab")
 
@@ -61,7 +61,7 @@ class SweepCallback(_HydraCallback):
             "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
             "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]})
         self.client, self.parent, self.uri = client, run.info.run_id, uri
-        log.info("sweep %s: MLflow parent run %s in experiment %r at %s", self.sid, self.parent, name, uri)
+        log.info("sweep %s (its MLflow parent run) in experiment %r at %s", self.parent, name, uri)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if self.parent is None:
@@ -74,13 +74,14 @@ class SweepCallback(_HydraCallback):
         now = int(time.time() * 1000)
         metrics = [Metric("trials", len(trials), now, 0), Metric("trials_finished", len(done), now, 0)]
         if done:
-            best = min(done, key=lambda t: t.data.metrics["val_nll"])
-            metrics.append(Metric("best_val_nll", best.data.metrics["val_nll"], now, 0))
+            best = min(done, key=lambda t: t.data.metrics.get("best_val_nll", t.data.metrics["val_nll"]))
+            metrics.append(Metric("best_val_nll", best.data.metrics.get("best_val_nll", best.data.metrics["val_nll"]),
+                                  now, 0))
             self.client.set_tag(self.parent, "best_run_id", best.info.run_id)
             self.client.set_tag(self.parent, "best_overrides", best.data.tags.get("overrides", ""))
         self.client.log_batch(self.parent, metrics=metrics)
         self.client.set_terminated(self.parent, "FINISHED")
         log.info("sweep %s finished: %d trials (%d finished). Compare them with: "
-                 "python -m rnnlab.compare sweep=%s%s", self.sid, len(trials), len(done), self.parent,
+                 "python -m rnnlab.compare sweep=%s%s", self.parent, len(trials), len(done), self.parent,
                  "" if self.uri.endswith(f"{os.getcwd()}/mlflow.db") else f" tracking.uri={self.uri}")
-        log.info("see the sweep with: %s", ui_command(self.uri))
+        log.info("see the sweep with: %s, then open %s", ui_command(self.uri), ui_link(self.uri, self.experiment_id))
