@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from ..config import hydra_config, is_multirun
 from ..model import nats_to_bits
 from ..train import Callback
-from .store import connect, experiment_id, ui_command
+from .store import connect, experiment_id, process_tags, ui_command
 from .sweep import find_parent_run, sweep_id
 
 log = logging.getLogger("rnnlab")
@@ -72,15 +72,22 @@ class MlflowTracker(Callback):
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         tags.update(extra_tags or {})
+        tags.update(process_tags())   # which process runs it: a RUNNING run without it is stale
         run = client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
-        client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
+        try:
+            params = flatten(OmegaConf.to_container(cfg, resolve=True))
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[i:i + 100])
+            client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+            client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
+            client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
+        except BaseException as e:  # a stop or a failure while the run is being set up: do not leave it RUNNING
+            status = "FAILED" if isinstance(e, Exception) else "KILLED"
+            client.set_tag(run_id, "rnnlab.stop_reason", f"{type(e).__name__} while starting: {e}"[:5000])
+            client.set_terminated(run_id, status)
+            raise
         return cls(client, run_id, uri, experiment, out_dir)
 
     def _safe(self, what: str, call, *args, force: bool = False, **kwargs) -> bool:
