@@ -6,6 +6,8 @@ their validation curves.
     options: tracking.uri=<uri> (default: ./mlflow.db)  plot=<file.png>  markdown=<file.md>
 
 Only the parameters that vary between the runs are shown, with the speed (median chars/s) and the time.
+A run marked RUNNING whose process is gone (killed with SIGKILL, the machine stopped) shows as STALE,
+with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from .config import ConfigError
 from .lifecycle import fail
 from .tracking import connect
+from .tracking.store import process_state
 
 SKIP_PARAMS = ("resume", "tracking.uri", "data.path")
 
@@ -69,7 +72,10 @@ def table(client, runs) -> tuple[list[str], list[dict]]:
     for r in runs:
         speed = [m.value for m in client.get_metric_history(r.info.run_id, "chars_per_sec")]
         seconds = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
-        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": r.info.status,
+        status = r.info.status
+        if status == "RUNNING" and process_state(r) == "gone":
+            status = "STALE"
+        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": status,
                      **{k: r.data.params.get(k, "") for k in varying},
                      "val_nll": r.data.metrics.get("val_nll", float("nan")),
                      "best_val_nll": r.data.metrics.get("best_val_nll", float("nan")),
@@ -143,6 +149,10 @@ def main(argv=None):
     tag = opts.get("sweep", opts.get("experiment"))[:8]
     png = plot(client, varying, rows, Path(opts.get("plot", f"compare-{tag}.png")), title)
     print(f"\nvalidation curves: {png.resolve()}")
+    stale = [row["id"] for row in rows if row["status"] == "STALE"]
+    if stale:
+        print(f"\n{len(stale)} STALE run(s): marked RUNNING, but their process is gone (killed?). Continue one "
+              f"with: python -m rnnlab resume=<run id> (it closes the stale run as KILLED): {', '.join(stale)}")
     if "markdown" in opts:
         Path(opts["markdown"]).write_text(text + "\n")
 

@@ -77,8 +77,10 @@ class SignalStop(Callback):
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self):
+        """Put back the handlers found at ``install``; after a signal, the system's defaults instead: the
+        command is ending, and a further signal ends the process at once, without a traceback."""
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if self.received is None else signal.SIG_DFL)
         self.previous = {}
 
     def _handle(self, signum, frame):

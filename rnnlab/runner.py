@@ -332,7 +332,6 @@ def _resume(job: Job, resumed: Resumed) -> None:
     job.resumed_from = resumed.path
     job.best_source = resumed.path.parent / "best.npz" if best else None
     job.stale_run = resumed.run.info.run_id if resumed.stale else None
-    log.info("resuming from %s at step %d", source, ckpt.step)
 
 
 def _check_optimizer_state(job: Job, ckpt, where: str) -> None:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from ..config import hydra_config, is_multirun
 from ..model import nats_to_bits
 from ..train import Callback
-from .store import connect, experiment_id, process_tags, ui_command
+from .store import connect, experiment_id, process_tags, stale_runs, ui_command
 from .sweep import find_parent_run, sweep_id
 
 log = logging.getLogger("rnnlab")
@@ -235,6 +235,15 @@ class MlflowTracker(Callback):
         if self.model_uri:
             lines.append(f"  model: mlflow.pyfunc.load_model({self.model_uri!r})")
         lines.append(f"  see it with: {ui_command(self.uri)}")
+        try:
+            run = self.client.get_run(self.run_id)
+            stale = stale_runs(self.client, [run.info.experiment_id])
+        except Exception:  # noqa: BLE001 - a store that fails here was reported already
+            stale = []
+        if stale:
+            lines.append(f"  {len(stale)} other run(s) of this experiment are marked RUNNING but their process is "
+                         f"gone: {', '.join(r.info.run_id for r in stale[:5])}; continue one with "
+                         f"python -m rnnlab resume=<run id>")
         return lines
 
 
