@@ -12,7 +12,7 @@ import sys
 
 
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
-from .lifecycle import USER_ERRORS, fail
+from .lifecycle import USER_ERRORS, StopNow, fail, install_early, stopped_before_start
 
 log = logging.getLogger("rnnlab")
 
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     if "--plugins" in argv:
         print_plugins()
         return
+    if not any(a.startswith("-") for a in argv):
+        install_early()     # a training run: signals are heard from here on (rnnlab/lifecycle.py)
     try:
         check_overrides([a for a in argv if not a.startswith("-")])
     except ConfigError as e:
@@ -53,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     register_configs()
     task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
     sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
-    task()
+    try:
+        task()
+    except StopNow as e:  # a second signal while Hydra sets up, before the run's own handling
+        stopped_before_start(e)
 
 
 def _task(cfg) -> float:

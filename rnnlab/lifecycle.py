@@ -105,6 +105,28 @@ class SignalStop(Callback):
         self.check(step + 1)
 
 
+_early: SignalStop | None = None
+
+
+def install_early() -> None:
+    """Install the signal handlers first thing in a command (before Hydra composes anything); the run
+    takes them over with ``take_early``: a signal in that window is heard, not a traceback."""
+    global _early
+    if _early is None:
+        _early = SignalStop()
+        _early.install()
+
+
+def take_early() -> SignalStop:
+    """The handlers ``install_early`` installed (a new installed ``SignalStop`` if none)."""
+    global _early
+    stopper, _early = _early, None
+    if stopper is None:
+        stopper = SignalStop()
+        stopper.install()
+    return stopper
+
+
 def stopped_before_start(stop) -> None:
     """End a command stopped by a signal before any run state existed (nothing tracked, nothing to save)."""
     reason = (f"stopped by {stop.signal_name} before training started" if isinstance(stop, StopRequested)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .callbacks import Checkpointer, Progress, SampleWriter
 from .config import (TRACKERS, ConfigError, RunSettings, build, build_dataset, hydra_config, is_multirun,
                      plugin_options, run_settings)
 from .data import DataError
-from .lifecycle import DIVERGED_LOSS, SignalStop, StopNow, StopRequested, Supervisor, stopped_before_start
+from .lifecycle import DIVERGED_LOSS, StopNow, StopRequested, Supervisor, stopped_before_start, take_early
 from .model import CharLM, nats_to_bits
 from .threads import available_cpus
 from .train import Resume, TrainOptions, train
@@ -36,8 +37,7 @@ log = logging.getLogger("rnnlab")
 def run(cfg) -> float:
     """Train as ``cfg`` says and return the final validation loss (nats/char)."""
     t_start = time.perf_counter()
-    stopper = SignalStop()
-    stopper.install()                             # before any state exists: a signal always ends with a status
+    stopper = take_early()                        # installed before any state exists: a signal always ends
     try:
         try:
             job = prepare(cfg)                    # a mistake stops here, before anything is written
@@ -126,7 +126,9 @@ def start_tracker(cfg, job: Job):
         return None
     from .tracking import MlflowTracker
     from .tracking.store import close_stale
-    tags = {"rnnlab.resumed_from": str(job.settings.resume)} if job.settings.resume else {}
+    tags = {"rnnlab.checkpoint_dir": str((job.out_dir / "checkpoints").resolve())}
+    if job.settings.resume:
+        tags["rnnlab.resumed_from"] = str(job.settings.resume)
     tracker = MlflowTracker.start(cfg, name=job.name, dataset=job.dataset, lm=job.lm, out_dir=job.out_dir,
                                   extra_tags=tags)
     if job.stale_run:
@@ -235,6 +237,9 @@ def _locate(cfg, source: str) -> Resumed:
             raise ConfigError(f"resume={source}: that run is still running (process {run.data.tags.get('rnnlab.pid')} "
                               f"on this machine); stop it first (Ctrl-C or kill {run.data.tags.get('rnnlab.pid')})")
         stale = state == "gone"
+    local = Path(run.data.tags.get("rnnlab.checkpoint_dir", "")) / "last.npz"
+    if run.data.tags.get("rnnlab.host") == socket.gethostname() and local.is_file():
+        return Resumed(source, local, ckpt_io.load(local), run, stale, cfg)  # as recent as the upload, or more
     path = download_checkpoint(cfg, source)
     return Resumed(source, path, ckpt_io.load(path), run, stale, cfg)
 
