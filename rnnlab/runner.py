@@ -110,6 +110,7 @@ def prepare(cfg) -> Job:
         raise ConfigError(str(e)) from None
     except ValueError as e:
         raise ConfigError(f"cell.{e}") from None
+    check_memory(lm, ds, settings.batch_size, optimizer)
     job = Job(settings, run_name(cell_opts, cell_name, opt_name, settings.lr),
               Path(hydra_config().runtime.output_dir), tracking, ds, lm,
               lm.init_params(np.random.default_rng(settings.seed)), optimizer, clipper, sampler, schedule,
@@ -118,6 +119,44 @@ def prepare(cfg) -> Job:
         _resume(job, resumed)
     log.info("%s: %r on %r, %s, %s, %s, %s", job.name, lm, ds, optimizer, schedule, clipper, sampler)
     return job
+
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}   # weight blocks per cell (a cell not listed: counted as 4)
+
+
+def memory_needed(lm: CharLM, dataset, batch_size: int, optimizer) -> int:
+    """An estimate, in bytes, of what training ``lm`` allocates: parameters, gradients and optimizer
+    buffers, plus the activations a batch keeps for backpropagation (a few arrays per gate and step)."""
+    g, h, v = GATES.get(lm.cell_name, 4), lm.hidden_size, lm.vocab_size
+    x = lm.embedding_size or v
+    weights = v * lm.embedding_size + g * h * (x + h + 1) + (lm.num_layers - 1) * g * h * (2 * h + 1) + v * (h + 1)
+    copies = 2 + len(getattr(optimizer, "slots", ())) + 1          # params, grads, buffers, the best params
+    steps = getattr(dataset, "seq_len", 0) or 64
+    activations = steps * batch_size * (lm.num_layers * h * (g + 3) + 2 * v) * 4
+    return (weights * copies + activations) * lm.dtype.itemsize
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(lm: CharLM, dataset, batch_size: int, optimizer) -> None:
+    """Refuse, before allocating, a model and batch that need more memory than the machine has."""
+    need, have = memory_needed(lm, dataset, batch_size, optimizer), available_memory()
+    if have is not None and need > have:
+        raise ConfigError(f"cell.hidden_size={lm.hidden_size}, cell.num_layers={lm.num_layers}, batch_size={batch_size}: "
+                          f"training needs about {need / 2**30:,.1f} GiB of memory, more than the "
+                          f"{have / 2**30:,.1f} GiB available; choose a smaller model or batch")
 
 
 def start_tracker(cfg, job: Job):

@@ -40,10 +40,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """For an http(s) tracking server: fail fast, naming the URI, if it does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status >= 500:
-                raise OSError(f"HTTP {r.status}")
+        with urllib.request.urlopen(base + "/health", timeout=timeout) as r:
+            r.read(64)
+        with urllib.request.urlopen(base + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=timeout) as r:
+            body = r.read(1 << 16)
+        if not body.lstrip().startswith(b"{"):
+            raise urllib.error.HTTPError(base, 200, "not JSON", None, None)
+    except urllib.error.HTTPError as e:
+        raise ConfigError(f"tracking.uri: {uri} answered (HTTP {e.code} {e.reason}) but is not an MLflow tracking "
+                          f"server; give the address of `mlflow server`, or run with tracking=none") from None
     except (OSError, urllib.error.URLError) as e:
         raise ConfigError(f"tracking.uri: the MLflow tracking server {uri} is unreachable ({e}); "
                           f"start it, fix tracking.uri, or run with tracking=none") from None
@@ -66,12 +73,36 @@ def connect(uri: str | None, launch_dir=None, must_exist: bool = False):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     check_reachable(uri)
+    check_store_uri(uri)
     if must_exist and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ConfigError(f"no MLflow store at {uri}; run from the directory of mlflow.db or give tracking.uri=")
     if uri.startswith("sqlite:///"):
         ensure_sqlite_store(Path(uri[len("sqlite:///"):]))
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri), uri
+
+
+EXPECTED = ("expected a SQLite store (tracking.uri=sqlite:///<path>.db, or a path ending in .db) or an MLflow "
+            "tracking server (tracking.uri=http://<host>:<port>)")
+
+
+def check_store_uri(uri: str) -> None:
+    """Refuse, naming the URI, what is not a store rnnlab can track into: a folder, a file that is not
+    SQLite, a file store (``file://``, a plain path: MLflow 3 no longer writes them)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if db.is_dir():
+            raise ConfigError(f"tracking.uri={uri} names a folder; {EXPECTED}")
+        if db.is_file() and db.stat().st_size > 0:
+            with open(db, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise ConfigError(f"tracking.uri={uri}: {str(db)!r} is not a SQLite database; {EXPECTED}")
+        return
+    if "://" not in uri and Path(uri).is_file():
+        raise ConfigError(f"tracking.uri={uri} is a plain file, not a tracking store; {EXPECTED}")
+    if uri.startswith("file:") or "://" not in uri:
+        raise ConfigError(f"tracking.uri={uri} is a file store (a folder such as ./mlruns), which MLflow 3 no longer "
+                          f"writes; {EXPECTED}")
 
 
 def ensure_sqlite_store(db: Path) -> None:
