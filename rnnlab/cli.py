@@ -12,7 +12,7 @@ import sys
 
 
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
-from .lifecycle import USER_ERRORS, StopNow, fail, install_early, stopped_before_start
+from .lifecycle import USER_ERRORS, StopNow, fail, install_early, release_early, stopped_before_start
 
 log = logging.getLogger("rnnlab")
 
@@ -47,18 +47,20 @@ def main(argv: list[str] | None = None) -> None:
     if not any(a.startswith("-") for a in argv):
         install_early()     # a training run: signals are heard from here on (rnnlab/lifecycle.py)
     try:
-        check_overrides([a for a in argv if not a.startswith("-")])
-    except ConfigError as e:
-        fail(str(e))
-    import hydra
+        try:
+            check_overrides([a for a in argv if not a.startswith("-")])
+        except ConfigError as e:
+            fail(str(e))
+        import hydra
 
-    register_configs()
-    task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
-    sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
-    try:
+        register_configs()
+        task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
+        sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
         task()
     except StopNow as e:  # a second signal while Hydra sets up, before the run's own handling
         stopped_before_start(e)
+    finally:
+        release_early()
 
 
 def _task(cfg) -> float:

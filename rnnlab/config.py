@@ -203,9 +203,28 @@ def group_keys(group: str, name: str) -> list[str] | None:
 
 # ------------------------------------------------------------- overrides checked before Hydra
 
+def parse_overrides(overrides: list[str]) -> None:
+    """Refuse an override Hydra's grammar cannot read, saying which and how to quote it (an unquoted
+    non-ASCII or special character is the usual cause)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    parser = OverridesParser.create()
+    for ov in overrides:
+        try:
+            parser.parse_overrides([ov])
+        except HydraException as e:
+            key, _, value = ov.partition("=")
+            hint = (f"; quote the value: '{key}=\"{value}\"' (with the single quotes, for the shell)"
+                    if value and (not value.isascii() or any(c in value for c in " ,[]{}()'\"=:$")) else "")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"cannot read the override {ov!r} ({reason}){hint}") from None
+
+
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
-    """Refuse, before Hydra composes anything, an unknown plugin in ``group=name`` and an unknown key in
-    ``key=value`` or ``group.key=value``, with the allowed names and a "did you mean"."""
+    """Refuse, before Hydra composes anything, an override Hydra cannot read, an unknown plugin in
+    ``group=name`` and an unknown key in ``key=value`` or ``group.key=value``, with the allowed names and
+    a "did you mean"."""
+    parse_overrides(overrides)
     options = available_options()
     primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     chosen = _default_choices(primary)
@@ -232,6 +251,8 @@ def _default_choices(primary) -> dict:
 def _checked_choice(group: str, value: str, ov: str, known: list[str]) -> dict:
     """The choices ``group=value`` makes (a named experiment's included), each checked against ``known``."""
     choices = _choices(value)
+    if not value.strip():
+        raise ConfigError(f"{ov!r} chooses no {group}; available {group} options: {', '.join(known)}")
     for choice in choices:
         if choice not in known:
             raise ConfigError(f"Unknown {group} {choice!r} in the override {ov!r}. "

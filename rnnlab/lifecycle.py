@@ -117,6 +117,14 @@ def install_early() -> None:
         _early.install()
 
 
+def release_early() -> None:
+    """Restore the handlers of ``install_early`` if no run took them (the command ended before one)."""
+    global _early
+    if _early is not None:
+        _early.restore()
+        _early = None
+
+
 def take_early() -> SignalStop:
     """The handlers ``install_early`` installed (a new installed ``SignalStop`` if none)."""
     global _early

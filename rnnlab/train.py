@@ -30,7 +30,7 @@ class TrainOptions:
     """The options of the training loop, with their defaults (also the command line's)."""
     steps: int = option(800, "training steps (one batch each)", "> 0")
     batch_size: int = option(32, "sequences per batch", "> 0")
-    seed: int = option(0, "one seed for initialisation, batch order, dropout and sampling")
+    seed: int = option(0, "one seed for initialisation, batch order, dropout and sampling", ">= 0")
     eval_every: int = option(50, "measure the validation loss every N steps (and at the last one)", "> 0")
     sample_every: int = option(200, "generate samples every N steps (and at the last one)", ">= 0",
                                zero="never")
