@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
@@ -39,6 +40,19 @@ def print_plugins() -> None:
         print(f"  {group:<11} {', '.join(names)}")
 
 
+def check_run_dir(argv: list[str]) -> None:
+    """Refuse a ``hydra.run.dir`` that cannot be created, before Hydra tries (and fails with a traceback).
+    The folder is created here, as Hydra would create it next."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value and "$" not in value:
+            try:
+                Path(value).expanduser().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{key}={value}: cannot create the run's folder there ({e.strerror}); "
+                                  f"give a writable folder") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--plugins" in argv:
@@ -49,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         try:
             check_overrides([a for a in argv if not a.startswith("-")])
+            check_run_dir(argv)
         except ConfigError as e:
             fail(str(e))
         import hydra

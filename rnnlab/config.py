@@ -142,6 +142,8 @@ def build_dataset(cfg):
     """The dataset of ``cfg.data`` (the built-in dinos.txt when ``path`` is null). The split is fixed
     (seed 0) whatever the run's seed, so runs with different seeds are compared on the same data."""
     kind, options = plugin_options("data", cfg.data)
+    if options.get("path") in (None, "???") and cfg.data.get("name") not in DATA_PRESETS:
+        raise ConfigError(f"data={cfg.data.get('name')} needs a file: give data.path=<a UTF-8 text file>")
     try:
         return load_dataset(kind, seed=0, **options)
     except DataError as e:
@@ -210,6 +212,8 @@ def parse_overrides(overrides: list[str]) -> None:
     from hydra.errors import HydraException
     parser = OverridesParser.create()
     for ov in overrides:
+        if "=" not in ov and not ov.startswith("~"):
+            continue  # not an override (e.g. the value of --cfg)
         try:
             parser.parse_overrides([ov])
         except HydraException as e:
@@ -238,8 +242,13 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         top = [f.name for f in fields(RunSettings)] + top
     top += [g for g in options if g in chosen]
     for ov in overrides:
-        if "=" in ov and not ov.startswith(("+", "~")):
-            _check_key(ov, top, options, chosen)
+        key = ov.partition("=")[0]
+        if ov.startswith("~") and key.lstrip("~") in options and key.lstrip("~") != "experiment":
+            group = key.lstrip("~")
+            raise ConfigError(f"{ov!r} removes the {group} group, which a run needs; choose another with "
+                              f"{group}=<name> (available: {', '.join(options[group])})")
+        if "=" in ov and not ov.startswith("~"):
+            _check_key(ov.lstrip("+"), top, options, chosen)
 
 
 def _default_choices(primary) -> dict:

@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
@@ -62,13 +63,32 @@ class StopNow(BaseException):  # not an Exception: `except Exception` must not c
 class SignalStop(Callback):
     """Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed) asks the run to stop at the end of the
     current step, where its state is whole and can be checkpointed; a second signal stops at once
-    (``StopNow``); a third one is left to the system's default (the process ends)."""
+    (``StopNow``); a third one is left to the system's default (the process ends).
+
+    ``StopNow`` is raised only where it is safe to unwind: while the task runs (``interruptible``) and
+    outside ``shield()`` — the calls into the tracking store and imports, which an exception raised in
+    their middle can leave with a lock held. A second signal there is kept, and raised as soon as the
+    shielded call returns (or, before training, heard at the next check)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.received = None
         self.previous = {}
+        self.interruptible = False
+        self.shielded = 0
+        self.pending = None          # a second signal kept until it is safe to stop
+
+    @contextmanager
+    def shield(self):
+        """Run a block that a second signal must not interrupt; it stops right after it."""
+        self.shielded += 1
+        try:
+            yield
+        finally:
+            self.shielded -= 1
+            if not self.shielded and self.pending is not None and self.interruptible:
+                raise StopNow(self.pending)
 
     def install(self):
         if threading.current_thread() is not threading.main_thread():
@@ -88,13 +108,20 @@ class SignalStop(Callback):
             for sig in self.SIGNALS:
                 if sig in self.previous:
                     signal.signal(sig, signal.SIG_DFL)
-            raise StopNow(signum)
+            if self.interruptible and not self.shielded:
+                raise StopNow(signum)
+            self.pending = signum
+            log.warning("received %s again: stopping as soon as the current call returns", signal.Signals(signum).name)
+            return
         self.received = signum
         log.warning("received %s: stopping after this step (again to stop at once)",
                     signal.Signals(signum).name)
 
     def check(self, step: int | None):
-        """Raise ``StopRequested`` if a signal arrived (``step``: the steps done; None before training)."""
+        """Raise ``StopNow`` for a kept second signal, ``StopRequested`` if a signal arrived (``step``: the
+        steps done; None before training)."""
+        if self.pending is not None:
+            raise StopNow(self.pending)
         if self.received is not None:
             raise StopRequested(step, self.received)
 
@@ -174,7 +201,12 @@ class Supervisor:
         """(status, reason, result, signal) of running the task."""
         try:
             try:
-                return "FINISHED", None, task(self.stopper), None
+                self.stopper.interruptible = True
+                try:
+                    result = task(self.stopper)
+                finally:
+                    self.stopper.interruptible = False
+                return "FINISHED", None, result, None
             except TrainingDiverged as e:
                 latest = self.checkpointer.latest if self.checkpointer else None
                 return "FAILED", f"{e}; the last good checkpoint is {latest or 'none (none was written)'}", None, None
@@ -182,7 +214,14 @@ class Supervisor:
                 if e.step is None or not self.checkpointer:
                     return "KILLED", f"stopped by {e.signal_name} before training started; nothing to save", \
                         None, e.signal
-                path = self.checkpointer.save("last")
+                self.stopper.interruptible = True
+                try:
+                    path = self.checkpointer.save("last")
+                    self.stopper.check(e.step)  # a second signal kept during a shielded call
+                except StopRequested:
+                    pass
+                finally:
+                    self.stopper.interruptible = False
                 return "KILLED", f"stopped by {e.signal_name} after step {e.step}; checkpoint {path}", None, e.signal
         except StopNow as e:  # a second signal, during a step or while the first one's checkpoint is written
             return "KILLED", f"stopped at once by {e}; {self._last_complete()}", None, e.signal

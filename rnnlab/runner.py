@@ -29,7 +29,7 @@ from .data import DataError
 from .lifecycle import DIVERGED_LOSS, StopNow, StopRequested, Supervisor, stopped_before_start, take_early
 from .model import CharLM, nats_to_bits
 from .threads import available_cpus
-from .train import Resume, TrainOptions, train
+from .train import Callback, Resume, TrainOptions, train
 
 log = logging.getLogger("rnnlab")
 
@@ -47,11 +47,13 @@ def run(cfg) -> float:
             checkpointer.claim(job.resumed_from)  # a run never writes into another run's checkpoints
             best = carry_best(job, checkpointer)  # the best checkpoint survives resumes
             stopper.check(None)
-            tracker = start_tracker(job.cfg, job)  # None with tracking=none
-            if tracker and best:
-                tracker.log_checkpoint("best", best)
         except (StopRequested, StopNow) as stop:
             stopped_before_start(stop)
+        tracker = start_tracker(job.cfg, job)     # None with tracking=none; a signal meanwhile is kept
+        if tracker and best:
+            tracker.log_checkpoint("best", best)
+        if tracker:
+            tracker = Shielded(tracker, stopper)  # a second signal never interrupts a call into the store
         checkpointer.on_saved = tracker.log_checkpoint if tracker else None
         supervisor = Supervisor(tracker, checkpointer, multirun=is_multirun(), stopper=stopper)
         hist = supervisor.run(lambda stopper: task(job, checkpointer, tracker, stopper))
@@ -101,6 +103,10 @@ def prepare(cfg) -> Job:
         raise ConfigError(f"tracking: unknown tracker {tracking!r}; available: {', '.join(TRACKERS)}")
     optimizer, clipper, sampler = build("optimizer", cfg), build("clip", cfg), build("sampler", cfg)
     schedule = build("schedule", cfg) if "schedule" in cfg else None
+    warmup = getattr(schedule, "warmup", 0) or 0
+    if warmup >= settings.steps:
+        raise ConfigError(f"schedule.warmup={warmup} is not shorter than the run (steps={settings.steps}): the "
+                          f"learning rate would never reach lr; give a shorter warm-up or more steps")
     ds = build_dataset(cfg)
     try:
         ds.check_batch_size(settings.batch_size)
@@ -159,6 +165,31 @@ def check_memory(lm: CharLM, dataset, batch_size: int, optimizer) -> None:
                           f"{have / 2**30:,.1f} GiB available; choose a smaller model or batch")
 
 
+class Shielded(Callback):
+    """The tracker, its calls shielded from a second signal (see ``SignalStop.shield``)."""
+
+    def __init__(self, tracker, stopper):
+        self.tracker, self.stopper = tracker, stopper
+
+    def __getattr__(self, name):
+        attr = getattr(self.tracker, name)
+        if not callable(attr):
+            return attr
+
+        def shielded(*args, **kwargs):
+            with self.stopper.shield():
+                return attr(*args, **kwargs)
+        return shielded
+
+    # the training loop's hooks (defined on Callback, so __getattr__ does not see them)
+    def on_start(self, *a): return self.__getattr__("on_start")(*a)
+    def on_step(self, *a): return self.__getattr__("on_step")(*a)
+    def on_eval(self, *a): return self.__getattr__("on_eval")(*a)
+    def on_samples(self, *a): return self.__getattr__("on_samples")(*a)
+    def on_report(self, *a): return self.__getattr__("on_report")(*a)
+    def on_end(self, *a): return self.__getattr__("on_end")(*a)
+
+
 def start_tracker(cfg, job: Job):
     """The MLflow logger of the run (None with tracking=none); mlflow is imported only here."""
     if job.tracking != "mlflow":
@@ -207,7 +238,8 @@ def task(job: Job, checkpointer: Checkpointer, tracker, stopper):
     callbacks = [Progress(s.steps, s.log_every), SampleWriter(job.out_dir / "samples"), checkpointer,
                  *([tracker] if tracker else [])]
     if tracker and s.gradient_flow_every:
-        from .inspect.monitor import GradientFlowMonitor
+        with stopper.shield():   # an import interrupted half-way could leave a lock held
+            from .inspect.monitor import GradientFlowMonitor
         callbacks.append(GradientFlowMonitor(job.lm, job.params, job.dataset.targets("val"), s.gradient_flow_every,
                                              listeners=[tracker], seed=s.seed))
     callbacks.append(stopper)

@@ -91,8 +91,13 @@ class Watched:
         else:
             self.proc.send_signal(getattr(signal, fault))
 
-    def finish(self, timeout=180):
-        self.proc.wait(timeout=timeout)
+    def finish(self, case, timeout=180):
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{case}: the process hung\n{''.join(self.lines)[-3000:]}") from None
         self.reader.join(timeout=10)
         return "".join(self.lines)
 
@@ -146,7 +151,7 @@ def test_random_faults_lose_nothing_and_leave_nothing_stuck(tmp_path, reference)
             time.sleep(target)
         moment = w.moment() if w.proc.poll() is None else "after the process ended"
         w.send(fault, rng) if w.proc.poll() is None else None
-        out = w.finish()
+        out = w.finish(f"run {i}: {fault} at {moment}")
         moments.add(moment)
         code = w.proc.returncode
         case = f"run {i}: {fault} at {moment} (exit {code})"

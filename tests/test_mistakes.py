@@ -72,7 +72,8 @@ def composed(tmp_path_factory):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        yield compose("config", overrides=["tracking=none", "cell.hidden_size=8"], return_hydra_config=True)
+        cfg = compose("config", overrides=["tracking=none", "cell.hidden_size=8"], return_hydra_config=True)
+    return cfg
 
 
 def train_in_process(composed, ov, run, monkeypatch, tmp_path):
