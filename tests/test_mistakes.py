@@ -164,7 +164,7 @@ def test_compare_options_with_bad_values(key, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_mistakes_through_the_real_command_line(tmp_path):
-    for args, expected in [(["~cell"], "cannot remove cell"),
+    for args, expected in [(["~cell"], "removes the cell group"),
                            (["prime=🦖", "checkpoint=x.npz"], "quote"),
                            (["hydra.run.dir=/proc/forbidden", "steps=1"], "hydra.run.dir"),
                            (["lr=inf"], "lr"),
