@@ -353,8 +353,8 @@ def resume_config(cfg, resumed: Resumed):
         after = OmegaConf.to_container(after) if OmegaConf.is_config(after) else after
         if before != after:
             changes.append(f"{key} {_short(before)} → {_short(after)}")
-    log.info("resuming %s at step %d with its config%s", resumed.source, resumed.ckpt.step,
-             ("; changed: " + ", ".join(changes)) if changes else " unchanged")
+    log.info("resuming with the checkpoint's config%s", (", changed: " + ", ".join(changes)) if changes
+             else " (no option changed)")
     return new
 
 
@@ -408,6 +408,7 @@ def _resume(job: Job, resumed: Resumed) -> None:
     job.resumed_from = resumed.path
     job.best_source = resumed.path.parent / "best.npz" if best else None
     job.stale_run = resumed.run.info.run_id if resumed.stale else None
+    log.info("resuming from %s at step %d", source, ckpt.step)
 
 
 def _check_optimizer_state(job: Job, ckpt, where: str) -> None:

@@ -25,7 +25,7 @@ def test_resume_takes_the_checkpoint_config_and_lists_the_overrides(tmp_path):
     ckpts, _ = trained(tmp_path, "cell=gru", "steps=30", "lr=0.01")
     out = cli(["tracking=none", f"resume={ckpts / 'last.npz'}", "steps=50"], tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "with its config; changed: steps 30 → 50" in out.stdout + out.stderr
+    assert "resuming with the checkpoint's config, changed: steps 30 → 50" in out.stdout + out.stderr
     last = ckpt_io.load(run_dir(tmp_path) / "checkpoints" / "last.npz")
     assert last.step == 50 and last.meta["model"]["cell"] == "gru" and last.meta["model"]["hidden_size"] == 16
     assert last.meta["config"]["lr"] == 0.01 and last.meta["config"]["optimizer"]["lr"] == 0.01
