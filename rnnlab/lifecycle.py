@@ -210,6 +210,10 @@ class Supervisor:
             except TrainingDiverged as e:
                 latest = self.checkpointer.latest if self.checkpointer else None
                 return "FAILED", f"{e}; the last good checkpoint is {latest or 'none (none was written)'}", None, None
+            except OSError as e:  # a full disk, a file too large, a folder gone: writes are atomic
+                where = f" writing {e.filename}" if e.filename else ""
+                return "FAILED", (f"cannot write{where} ({e.strerror or e}); files are written whole or not at "
+                                  f"all: {self._last_complete()}"), None, None
             except StopRequested as e:
                 if e.step is None or not self.checkpointer:
                     return "KILLED", f"stopped by {e.signal_name} before training started; nothing to save", \
@@ -231,6 +235,8 @@ class Supervisor:
         path = self.checkpointer.dir / "last.npz" if self.checkpointer else None
         if path is None or not path.is_file():
             return "no checkpoint was written by this run"
+        if self.checkpointer.latest is None and self.checkpointer.step_done == 0:
+            return f"the checkpoint {path} is intact"
         try:
             from .checkpoint import load
             step = load(path).step

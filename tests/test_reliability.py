@@ -295,3 +295,22 @@ def test_signal_marks_the_mlflow_run_killed(tmp_path):
     step = ckpt_io.load(run_dir(tmp_path) / "checkpoints" / "last.npz").step
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == step  # every step's metrics
     assert "checkpoints/last.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """Files may not grow past 60 KB (RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG, as
+    on a full disk): the checkpoint does not fit. One line, exit 3, no half-written file left."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+    args = [*SLOW_RUN, "steps=40", "checkpoint_every=10", "cell.hidden_size=64"]
+    proc = subprocess.run([sys.executable, "-m", "rnnlab", *args, "hydra.job_logging.root.handlers=[console]"],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rnnlab: error: cannot write") and "File too large" in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    folder = run_dir(tmp_path) / "checkpoints"
+    assert not list(folder.glob("*.npz")) and not list(folder.glob("*.tmp"))
