@@ -211,7 +211,7 @@ class Supervisor:
                 latest = self.checkpointer.latest if self.checkpointer else None
                 return "FAILED", f"{e}; the last good checkpoint is {latest or 'none (none was written)'}", None, None
             except OSError as e:  # a full disk, a file too large, a folder gone: writes are atomic
-                where = f" writing {e.filename}" if e.filename else ""
+                where = f" {e.filename}" if e.filename else ""
                 return "FAILED", (f"cannot write{where} ({e.strerror or e}); files are written whole or not at "
                                   f"all: {self._last_complete()}"), None, None
             except StopRequested as e:
