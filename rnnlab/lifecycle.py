@@ -262,7 +262,7 @@ class Supervisor:
                 print(f"rnnlab: {reason}" + (f"; resume with: python -m rnnlab resume={resume}"
                                              if resume and resume.is_file() else ""), file=sys.stderr, flush=True)
             elif resume and resume.is_file():
-                print(f"rnnlab: {reason}\nresume with: python -m rnnlab resume={resume} <the same overrides>",
+                print(f"rnnlab: {reason}\nresume with: python -m rnnlab resume={resume}  (its config comes along)",
                       file=sys.stderr, flush=True)
             else:
                 print(f"rnnlab: {reason}", file=sys.stderr, flush=True)

@@ -314,3 +314,48 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
     assert "Traceback" not in proc.stderr
     folder = run_dir(tmp_path) / "checkpoints"
     assert not list(folder.glob("*.npz")) and not list(folder.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_run_never_overwrites_another_runs_checkpoints(tmp_path):
+    first = cli(["tracking=none", "cell=rnn", "cell.hidden_size=8", "steps=10", "hydra.run.dir=shared"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "shared" / "checkpoints" / "last.npz").read_bytes()
+    second = cli(["tracking=none", "cell=rnn", "cell.hidden_size=8", "steps=20", "hydra.run.dir=shared"], tmp_path)
+    assert second.returncode == 2
+    assert "its checkpoints belong to another run" in second.stderr and "Traceback" not in second.stderr
+    assert (tmp_path / "shared" / "checkpoints" / "last.npz").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_a_refused_trial_closes_its_parent_run(tmp_path):
+    out = cli(["-m", "cell=rnn", "steps=5", "eval_every=5", "cell.hidden_size=8,0"], tmp_path)
+    assert out.returncode == 2 and "cell.hidden_size must be an integer >= 1, got 0" in out.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("rnnlab.role") == "sweep"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["rnnlab.stop_reason"] == ("the sweep stopped before its end: cell.hidden_size must be "
+                                                      "an integer >= 1, got 0")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_compare_shows_a_run_whose_process_is_gone_as_stale(tmp_path, capsys, monkeypatch):
+    import socket
+    from rnnlab.compare import main
+    from rnnlab.tracking import connect
+    client, uri = connect(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("e")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    for name, pid in (("gone", dead.pid), ("alive", __import__("os").getpid())):
+        run = client.create_run(exp, run_name=name, tags={"rnnlab.host": socket.gethostname(), "rnnlab.pid": str(pid)})
+        client.log_metric(run.info.run_id, "val_nll", 2.0)
+    monkeypatch.chdir(tmp_path)
+    main(["experiment=e", f"tracking.uri={uri}"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[-2].strip(): line for line in out.splitlines() if line.startswith(("| 1", "| 2"))}
+    statuses = sorted(line.split("|")[-3].strip() for line in rows.values())
+    assert statuses == ["RUNNING", "STALE"]
+    assert "1 STALE run(s)" in out and "python -m rnnlab resume=<run id>" in out
