@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt_io
+from .config import ConfigError
 from .train import Callback
 
 log = logging.getLogger("rnnlab")
@@ -80,7 +84,10 @@ class SampleWriter(Callback):
 
 class Checkpointer(Callback):
     """Writes ``last.npz`` every ``every`` steps and at the end, ``best.npz`` at each new best
-    validation loss. ``on_saved(kind, path)`` hears of every file written."""
+    validation loss. ``on_saved(kind, path)`` hears of every file written. The folder belongs to one
+    run (``claim``): another run given the same folder is refused before it writes anything."""
+
+    OWNER = ".owner"
 
     def __init__(self, directory: Path, lm, params, optimizer, dataset, meta: dict, every: int,
                  best: float = math.inf, on_saved=None):
@@ -92,8 +99,33 @@ class Checkpointer(Callback):
         self.step_done = 0
         self.latest = None
 
+    def claim(self, resumed_from: Path | None = None) -> None:
+        """Make the folder this run's: create ``.owner`` in it exclusively (atomic, so of two runs started
+        at once into one folder only one gets it). A folder that another run owns is refused, unless this
+        run resumes a checkpoint of that very folder (the same run, continued)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        owner = self.dir / self.OWNER
+        try:
+            fd = os.open(owner, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if resumed_from is not None and Path(resumed_from).resolve().parent == self.dir.resolve():
+                return
+            try:
+                who = owner.read_text().strip()
+            except OSError:
+                who = "?"
+            raise ConfigError(f"hydra.run.dir={self.dir.parent}: its checkpoints belong to another run ({who}); "
+                              f"a run never overwrites another run's checkpoints: give another hydra.run.dir "
+                              f"(by default each run gets a new folder)") from None
+        except OSError as e:
+            raise ConfigError(f"hydra.run.dir={self.dir.parent}: cannot write checkpoints there "
+                              f"({e.strerror}); give a writable hydra.run.dir") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
     def on_start(self, step, history):
         self.history = history
+        self.step_done = step
 
     def save(self, kind: str):
         bad = [k for k, v in self.params.items() if not np.all(np.isfinite(v))]

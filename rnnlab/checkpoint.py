@@ -62,6 +62,9 @@ def save(path, ckpt: Checkpoint) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk: one error naming the file (not the chain of the failed close)
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -77,6 +80,7 @@ def load(path) -> Checkpoint:
         magic = f.read(4)
     if magic != b"PK\x03\x04":
         raise CheckpointError(f"{str(path)!r} is not an rnnlab checkpoint (not an .npz archive)")
+    _check_headers(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -105,6 +109,34 @@ def load(path) -> Checkpoint:
             state.setdefault(int(layer), {})[int(i)] = value
     layers = [tuple(parts[i] for i in sorted(parts)) for _, parts in sorted(state.items())] or None
     return Checkpoint(params=FlatParams(params) if params else params, meta=meta, optimizer=optim, state=layers)
+
+
+def _check_headers(path: Path) -> None:
+    """Read every array's header (shape, dtype) before any array: an array declaring more bytes than its
+    member of the archive holds (a truncated or forged file), or holding objects, is refused before
+    anything is allocated."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{str(path)!r} is not a readable rnnlab checkpoint "
+                                          f"({info.filename} holds Python objects)")
+                declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if declared > info.file_size:
+                    raise CheckpointError(f"{str(path)!r} is not a readable rnnlab checkpoint ({info.filename} "
+                                          f"declares {declared:,} bytes {list(shape)} in {info.file_size:,}: "
+                                          f"truncated or corrupt)")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{str(path)!r} is not a readable rnnlab checkpoint ({e})") from None
 
 
 def validate(ckpt: Checkpoint, lm, where: str = "checkpoint") -> None:

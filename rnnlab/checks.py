@@ -4,20 +4,27 @@ config group."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import field, fields
 
 
 def positive(name: str, value) -> float:
-    """``value`` as a float, if it is > 0."""
+    """``value`` as a float, if it is finite and > 0."""
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)
+    return _finite(name, value)
 
 
 def nonnegative(name: str, value) -> float:
-    """``value`` as a float, if it is >= 0."""
+    """``value`` as a float, if it is finite and >= 0."""
     if not value >= 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+    return _finite(name, value)
+
+
+def _finite(name: str, value) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     return float(value)
 
 
@@ -53,3 +60,5 @@ def check_options(options) -> None:
                 raise ValueError(f"{f.name} must be {allowed}, got {value!r}")
         elif rule is not None and not (value > 0 if rule == "> 0" else value >= 0):
             raise ValueError(f"{f.name} must be {rule}{f' (0: {zero})' if zero else ''}, got {value}")
+        elif rule is not None:
+            _finite(f.name, value)

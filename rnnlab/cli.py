@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, available_options, check_overrides, register_configs
-from .lifecycle import USER_ERRORS, fail
+from .lifecycle import USER_ERRORS, StopNow, fail, install_early, release_early, stopped_before_start
 
 log = logging.getLogger("rnnlab")
 
@@ -149,6 +150,19 @@ def command(name: str, task, help_page, argv: list[str] | None = None) -> None:
     entry()
 
 
+def check_run_dir(argv: list[str]) -> None:
+    """Refuse a ``hydra.run.dir`` that cannot be created, before Hydra tries (and fails with a traceback).
+    The folder is created here, as Hydra would create it next."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value and "$" not in value:
+            try:
+                Path(value).expanduser().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{key}={value}: cannot create the run's folder there ({e.strerror}); "
+                                  f"give a writable folder") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
@@ -158,17 +172,25 @@ def main(argv: list[str] | None = None) -> None:
     if "--plugins" in argv:
         emit(plugins_text())
         return
+    if not any(a.startswith("-") for a in argv):
+        install_early()     # a training run: signals are heard from here on (rnnlab/lifecycle.py)
     try:
-        check_overrides(overrides_of(argv))
-        check_extras(overrides_of(argv))
-    except ConfigError as e:
-        fail(str(e))
-    import hydra
+        try:
+            check_overrides(overrides_of(argv))
+            check_extras(overrides_of(argv))
+            check_run_dir(argv)
+        except ConfigError as e:
+            fail(str(e))
+        import hydra
 
-    register_configs()
-    task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
-    sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
-    task()
+        register_configs()
+        task = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(_task)
+        sys.argv = [sys.argv[0] if sys.argv else "rnnlab", *search_path_args(), *argv]
+        task()
+    except StopNow as e:  # a second signal while Hydra sets up, before the run's own handling
+        stopped_before_start(e)
+    finally:
+        release_early()
 
 
 def _task(cfg) -> float:

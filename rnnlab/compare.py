@@ -7,6 +7,8 @@ validation loss, and a PNG of their validation curves.
 Only the parameters that vary between the runs are shown, with the best and the final validation loss,
 the speed (characters trained on per second of training step) and the seconds of training steps: both
 measured as the run's own summary measures them, so chars/s × seconds is the characters trained on.
+A run marked RUNNING whose process is gone (killed with SIGKILL, the machine stopped) shows as STALE,
+with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .cli import emit
 from .config import ConfigError
 from .lifecycle import fail
 from .tracking import connect
+from .tracking.store import process_state
 
 SKIP_PARAMS = ("resume", "tracking.uri", "data.path", "tracking.register")
 ARGS = {"sweep": "the sweep id the sweep printed (its MLflow parent run id)",
@@ -92,7 +95,10 @@ def table(client, runs) -> tuple[list[str], list[dict]]:
             chars_per_sec, seconds = (statistics.median(speed) if speed else NAN), NAN
         else:
             chars_per_sec = m.get("train_chars", NAN) / seconds if seconds > 0 else NAN
-        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": r.info.status,
+        status = r.info.status
+        if status == "RUNNING" and process_state(r) == "gone":
+            status = "STALE"
+        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": status,
                      **{k: r.data.params.get(k, "") for k in varying},
                      "val_nll": m.get("val_nll", NAN), "best_val_nll": m.get("best_val_nll", m.get("val_nll", NAN)),
                      "chars/s": chars_per_sec, "seconds": seconds})
@@ -169,6 +175,10 @@ def main(argv=None):
     tag = opts.get("sweep", opts.get("experiment"))[:8]
     png = plot(client, varying, rows, Path(opts.get("plot", f"compare-{tag}.png")), title)
     emit(f"\nvalidation curves: {png.resolve()}")
+    stale = [row["id"] for row in rows if row["status"] == "STALE"]
+    if stale:
+        emit(f"\n{len(stale)} STALE run(s): marked RUNNING, but their process is gone (killed?). Continue one "
+              f"with: python -m rnnlab resume=<run id> (it closes the stale run as KILLED): {', '.join(stale)}")
     if "markdown" in opts:
         Path(opts["markdown"]).write_text(text + "\n")
 

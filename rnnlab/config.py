@@ -143,6 +143,8 @@ def build_dataset(cfg):
     """The dataset of ``cfg.data`` (the built-in dinos.txt when ``path`` is null). The split is fixed
     (seed 0) whatever the run's seed, so runs with different seeds are compared on the same data."""
     kind, options = plugin_options("data", cfg.data)
+    if options.get("path") in (None, "???") and cfg.data.get("name") not in DATA_PRESETS:
+        raise ConfigError(f"data={cfg.data.get('name')} needs a file: give data.path=<a UTF-8 text file>")
     try:
         if is_url(options.get("path")):   # downloaded once, into the user's cache (rnnlab/corpora.py)
             options["path"] = str(fetch(options["path"]))
@@ -206,9 +208,30 @@ def group_keys(group: str, name: str) -> list[str] | None:
 
 # ------------------------------------------------------------- overrides checked before Hydra
 
+def parse_overrides(overrides: list[str]) -> None:
+    """Refuse an override Hydra's grammar cannot read, saying which and how to quote it (an unquoted
+    non-ASCII or special character is the usual cause)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    parser = OverridesParser.create()
+    for ov in overrides:
+        if "=" not in ov and not ov.startswith("~"):
+            continue  # not an override (e.g. the value of --cfg)
+        try:
+            parser.parse_overrides([ov])
+        except HydraException as e:
+            key, _, value = ov.partition("=")
+            hint = (f"; quote the value: '{key}=\"{value}\"' (with the single quotes, for the shell)"
+                    if value and (not value.isascii() or any(c in value for c in " ,[]{}()'\"=:$")) else "")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"cannot read the override {ov!r} ({reason}){hint}") from None
+
+
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
-    """Refuse, before Hydra composes anything, an unknown plugin in ``group=name`` and an unknown key in
-    ``key=value`` or ``group.key=value``, with the allowed names and a "did you mean"."""
+    """Refuse, before Hydra composes anything, an override Hydra cannot read, an unknown plugin in
+    ``group=name`` and an unknown key in ``key=value`` or ``group.key=value``, with the allowed names and
+    a "did you mean"."""
+    parse_overrides(overrides)
     options = available_options()
     primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     chosen = _default_choices(primary)
@@ -224,8 +247,13 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         top = [f.name for f in fields(RunSettings)] + top
     top += [g for g in options if g in chosen]
     for ov in overrides:
-        if "=" in ov and not ov.startswith(("+", "~")):
-            _check_key(ov, top, options, chosen)
+        key = ov.partition("=")[0]
+        if ov.startswith("~") and key.lstrip("~") in options and key.lstrip("~") != "experiment":
+            group = key.lstrip("~")
+            raise ConfigError(f"{ov!r} removes the {group} group, which a run needs; choose another with "
+                              f"{group}=<name> (available: {', '.join(options[group])})")
+        if "=" in ov and not ov.startswith("~"):
+            _check_key(ov.lstrip("+"), top, options, chosen)
 
 
 def _default_choices(primary) -> dict:
@@ -237,6 +265,8 @@ def _default_choices(primary) -> dict:
 def _checked_choice(group: str, value: str, ov: str, known: list[str]) -> dict:
     """The choices ``group=value`` makes (a named experiment's included), each checked against ``known``."""
     choices = _choices(value)
+    if not value.strip():
+        raise ConfigError(f"{ov!r} chooses no {group}; available {group} options: {', '.join(known)}")
     for choice in choices:
         if choice not in known:
             raise ConfigError(f"Unknown {group} {choice!r} in the override {ov!r}. "

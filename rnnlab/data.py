@@ -18,7 +18,9 @@ samples then end at the end of a line and can be compared with its examples.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
@@ -51,18 +53,42 @@ def builtin_path(name: str = "dinos.txt") -> Path:
     return BUILTIN_DIR / name
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 corpus, with a clear error for a missing file, a directory or non-text bytes."""
+MAX_CORPUS_BYTES = 1 << 30   # a corpus larger than this is refused before it is read (1 GiB)
+
+
+def read_text(path: str | os.PathLike, max_bytes: int = MAX_CORPUS_BYTES) -> str:
+    """Read a UTF-8 corpus, with a clear error for a missing file, a symlink loop, a directory, anything
+    that is not a regular file (a FIFO would wait forever, /dev/zero never ends), a file larger than
+    ``max_bytes``, or non-text bytes. A UTF-8 byte-order mark is dropped (it is not a character of the text)."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"data file not found: {str(p)!r}")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {str(p)!r}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"data path {str(p)!r} is a symbolic link that loops; point data.path at a file") from None
+        raise DataError(f"data file {str(p)!r} cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise DataError(f"data path {str(p)!r} is a directory; expected a UTF-8 text file")
-    raw = p.read_bytes()
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"data path {str(p)!r} is not a regular file (a pipe, a device or a socket); "
+                        f"expected a UTF-8 text file")
+    if st.st_size > max_bytes:
+        raise DataError(f"data file {str(p)!r} is {st.st_size / 2**20:,.0f} MiB; the largest corpus read is "
+                        f"{max_bytes / 2**20:,.0f} MiB")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as e:
+        raise DataError(f"data file {str(p)!r} cannot be read ({e.strerror})") from None
+    if len(raw) > max_bytes:
+        raise DataError(f"data file {str(p)!r} grew beyond {max_bytes / 2**20:,.0f} MiB while being read")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"data file {str(p)!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    text = text.removeprefix("\ufeff")
     if "\x00" in text:
         raise DataError(f"data file {str(p)!r} contains NUL bytes; expected plain text")
     if not text.strip():

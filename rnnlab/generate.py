@@ -18,6 +18,9 @@ from .data import DataError, ends_at_eol
 from .sampling import generate
 
 
+LIMITS = {"n": 100_000, "max_len": 100_000}   # samples made at once, characters per sample: bounded memory
+
+
 def samples_from_checkpoint(path, sampler, n=10, prime="", seed=0, max_len=50, where=None, min_len=1) -> list[str]:
     """Generate ``n`` samples from the checkpoint at ``path``."""
     ckpt = load(path)
@@ -34,11 +37,17 @@ def _task(cfg):
     try:
         if bool(cfg.checkpoint) == bool(cfg.run):
             raise ConfigError("give exactly one of checkpoint=<path> or run=<MLflow run id>")
-        for key in ("n", "max_len"):
-            if not int(cfg[key]) >= 1:
-                raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-        if not int(cfg.min_len) >= 0:
-            raise ConfigError(f"min_len must be >= 0, got {cfg.min_len}")
+        for key in ("n", "max_len", "seed"):
+            value = cfg[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            low = 0 if key == "seed" else 1
+            if not low <= value <= (LIMITS.get(key) or value):
+                top = f" and <= {LIMITS[key]:,}" if key in LIMITS else ""
+                raise ConfigError(f"{key} must be an integer >= {low}{top}, got {value}"
+                                  + ("; for more samples, run again with another seed=" if key == "n" else ""))
+        if isinstance(cfg.min_len, bool) or not isinstance(cfg.min_len, int) or cfg.min_len < 0:
+            raise ConfigError(f"min_len must be an integer >= 0, got {cfg.min_len!r}")
         if cfg.which not in ("best", "last"):
             raise ConfigError(f"which must be best or last, got {cfg.which!r}")
         sampler = build("sampler", cfg)

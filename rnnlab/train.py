@@ -30,7 +30,7 @@ class TrainOptions:
     """The options of the training loop, with their defaults (also the command line's)."""
     steps: int = option(800, "training steps (one batch each)", "> 0")
     batch_size: int = option(32, "sequences per batch", "> 0")
-    seed: int = option(0, "one seed for initialisation, batch order, dropout and sampling")
+    seed: int = option(0, "one seed for initialisation, batch order, dropout and sampling", ">= 0")
     eval_every: int = option(50, "measure the validation loss every N steps (and at the last one)", "> 0")
     sample_every: int = option(200, "generate samples every N steps (and at the last one)", ">= 0",
                                zero="never")
@@ -46,10 +46,13 @@ class TrainOptions:
 @dataclass
 class Resume:
     """Where a resumed run starts: the steps already done, the hidden state carried into the next one
-    (running text; None for zeros), and the best validation loss so far."""
+    (running text; None for zeros), the best validation loss so far and, if known, the parameters and
+    step of that best (so the final report and test use them when the resumed part never improves)."""
     step: int = 0
     state: object = None
     best_val_nll: float = math.inf
+    best_params: dict | None = None
+    best_step: int | None = None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -178,7 +181,7 @@ class _Loop:
         self.lm, self.params, self.dataset, self.o = lm, params, dataset, options
         self.sampler, self.callbacks = sampler, callbacks
         self.start, self.state, self.best = resume.step, resume.state, resume.best_val_nll
-        self.hist = History(state=resume.state)
+        self.hist = History(state=resume.state, best_params=resume.best_params, best_step=resume.best_step)
         self.smooth, self.stale = None, 0
         self.names = ends_at_eol(dataset.kind)   # samples end at the end of a line
 

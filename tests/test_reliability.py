@@ -95,8 +95,8 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_nan_stops_with_the_step_and_marks_the_run_failed(tmp_path):
-    good = cli(["cell=rnn", "cell.hidden_size=16", "steps=20", "eval_every=10", "checkpoint_every=10"],
-               tmp_path)
+    good = cli(["cell=rnn", "cell.hidden_size=16", "steps=20", "eval_every=10", "checkpoint_every=10",
+                "optimizer=sgd", "lr=0.05"], tmp_path)
     assert good.returncode == 0, good.stderr
     good_path = run_dir(tmp_path) / "checkpoints" / "last.npz"
     before = good_path.read_bytes()
@@ -295,3 +295,67 @@ def test_signal_marks_the_mlflow_run_killed(tmp_path):
     step = ckpt_io.load(run_dir(tmp_path) / "checkpoints" / "last.npz").step
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == step  # every step's metrics
     assert "checkpoints/last.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """Files may not grow past 60 KB (RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG, as
+    on a full disk): the checkpoint does not fit. One line, exit 3, no half-written file left."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+    args = [*SLOW_RUN, "steps=40", "checkpoint_every=10", "cell.hidden_size=64"]
+    proc = subprocess.run([sys.executable, "-m", "rnnlab", *args, "hydra.job_logging.root.handlers=[console]"],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rnnlab: error: cannot write") and "File too large" in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    folder = run_dir(tmp_path) / "checkpoints"
+    assert not list(folder.glob("*.npz")) and not list(folder.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_run_never_overwrites_another_runs_checkpoints(tmp_path):
+    first = cli(["tracking=none", "cell=rnn", "cell.hidden_size=8", "steps=10", "hydra.run.dir=shared"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "shared" / "checkpoints" / "last.npz").read_bytes()
+    second = cli(["tracking=none", "cell=rnn", "cell.hidden_size=8", "steps=20", "hydra.run.dir=shared"], tmp_path)
+    assert second.returncode == 2
+    assert "its checkpoints belong to another run" in second.stderr and "Traceback" not in second.stderr
+    assert (tmp_path / "shared" / "checkpoints" / "last.npz").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_a_refused_trial_closes_its_parent_run(tmp_path):
+    out = cli(["-m", "cell=rnn", "steps=5", "eval_every=5", "cell.hidden_size=8,0"], tmp_path)
+    assert out.returncode == 2 and "cell.hidden_size must be an integer >= 1, got 0" in out.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("rnnlab.role") == "sweep"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["rnnlab.stop_reason"] == ("the sweep stopped before its end: cell.hidden_size must be "
+                                                      "an integer >= 1, got 0")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_compare_shows_a_run_whose_process_is_gone_as_stale(tmp_path, capsys, monkeypatch):
+    import socket
+    from rnnlab.compare import main
+    from rnnlab.tracking import connect
+    client, uri = connect(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("e")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    for name, pid in (("gone", dead.pid), ("alive", __import__("os").getpid())):
+        run = client.create_run(exp, run_name=name, tags={"rnnlab.host": socket.gethostname(), "rnnlab.pid": str(pid)})
+        client.log_metric(run.info.run_id, "val_nll", 2.0)
+    monkeypatch.chdir(tmp_path)
+    main(["experiment=e", f"tracking.uri={uri}"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[-2].strip(): line for line in out.splitlines() if line.startswith(("| 1", "| 2"))}
+    statuses = sorted(line.split("|")[-3].strip() for line in rows.values())
+    assert statuses == ["RUNNING", "STALE"]
+    assert "1 STALE run(s)" in out and "python -m rnnlab resume=<run id>" in out

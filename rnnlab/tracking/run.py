@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from ..config import hydra_config, is_multirun
 from ..model import nats_to_bits
 from ..train import Callback
-from .store import connect, experiment_id, ui_command, ui_link
+from .store import connect, experiment_id, process_tags, stale_runs, ui_command, ui_link
 from .sweep import find_parent_run, sweep_id
 
 log = logging.getLogger("rnnlab")
@@ -184,17 +184,24 @@ class MlflowTracker(Callback):
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         tags.update(extra_tags or {})
+        tags.update(process_tags())   # which process runs it: a RUNNING run without it is stale
         run = client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
-        client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
-        inputs = dataset_inputs(dataset, str(cfg.data.get("name", "data")), cfg.data.get("path"))
-        client.log_inputs(run_id, datasets=inputs)
+        try:
+            params = flatten(OmegaConf.to_container(cfg, resolve=True))
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[i:i + 100])
+            client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+            client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
+            client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
+            inputs = dataset_inputs(dataset, str(cfg.data.get("name", "data")), cfg.data.get("path"))
+            client.log_inputs(run_id, datasets=inputs)
+        except BaseException as e:  # a stop or a failure while the run is being set up: do not leave it RUNNING
+            status = "FAILED" if isinstance(e, Exception) else "KILLED"
+            client.set_tag(run_id, "rnnlab.stop_reason", f"{type(e).__name__} while starting: {e}"[:5000])
+            client.set_terminated(run_id, status)
+            raise
         tracker = cls(client, run_id, uri, experiment, out_dir)
         tracker.experiment_id = exp_id
         tracker.register = cfg.tracking.get("register")
@@ -383,6 +390,15 @@ class MlflowTracker(Callback):
             lines.append(f"  see it with: {ui_command(self.uri)}")
             lines.append(f"  then open: {link}")
         lines.append(f"  all the runs of {self.experiment!r}, the best first: {runs}")
+        try:
+            run = self.client.get_run(self.run_id)
+            stale = stale_runs(self.client, [run.info.experiment_id])
+        except Exception:  # noqa: BLE001 - a store that fails here was reported already
+            stale = []
+        if stale:
+            lines.append(f"  {len(stale)} other run(s) of this experiment are marked RUNNING but their process is "
+                         f"gone: {', '.join(r.info.run_id for r in stale[:5])}; continue one with "
+                         f"python -m rnnlab resume=<run id>")
         return lines
 
 

@@ -4,6 +4,11 @@ logged checkpoint.
 The default store is the SQLite database ``mlflow.db`` in the directory the command was launched from,
 resolved to an absolute ``sqlite:///`` URI at launch; ``tracking.uri`` may name another store or an
 ``http(s)://`` tracking server, which must answer within seconds or the command does not start.
+
+A new SQLite store is created whole or not at all: under a file lock (``<store>.lock``, the ``filelock``
+library) one process creates the schema in a temporary file beside it and renames it into place; the
+others wait for the lock and then open the finished store. An interrupted creation leaves only the
+temporary file, which the next creation removes: a store is never left half-made.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 from ..config import ConfigError
+
+CREATE_TIMEOUT = 300.0   # seconds a process waits for another one creating the same store
 
 
 def resolve_uri(uri: str | None, launch_dir: str | os.PathLike | None = None) -> str:
@@ -33,10 +40,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """For an http(s) tracking server: fail fast, naming the URI, if it does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status >= 500:
-                raise OSError(f"HTTP {r.status}")
+        with urllib.request.urlopen(base + "/health", timeout=timeout) as r:
+            r.read(64)
+        with urllib.request.urlopen(base + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=timeout) as r:
+            body = r.read(1 << 16)
+        if not body.lstrip().startswith(b"{"):
+            raise urllib.error.HTTPError(base, 200, "not JSON", None, None)
+    except urllib.error.HTTPError as e:
+        raise ConfigError(f"tracking.uri: {uri} answered (HTTP {e.code} {e.reason}) but is not an MLflow tracking "
+                          f"server; give the address of `mlflow server`, or run with tracking=none") from None
     except (OSError, urllib.error.URLError) as e:
         raise ConfigError(f"tracking.uri: the MLflow tracking server {uri} is unreachable ({e}); "
                           f"start it, fix tracking.uri, or run with tracking=none") from None
@@ -69,8 +83,11 @@ def connect(uri: str | None, launch_dir=None, must_exist: bool = False):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     check_reachable(uri)
+    check_store_uri(uri)
     if must_exist and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ConfigError(f"no MLflow store at {uri}; run from the directory of mlflow.db or give tracking.uri=")
+    if uri.startswith("sqlite:///"):
+        ensure_sqlite_store(Path(uri[len("sqlite:///"):]))
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri), uri
 
@@ -84,6 +101,68 @@ VIEW = {"selectedColumns": [f"metrics.`{m}`" for m in ("best_val_nll", "val_nll"
         + [f"params.`{p}`" for p in ("cell.name", "cell.hidden_size", "cell.num_layers", "lr", "steps", "seed",
                                      "data.name")],
         "orderByKey": "metrics.`best_val_nll`", "orderByAsc": True}
+
+
+EXPECTED = ("expected a SQLite store (tracking.uri=sqlite:///<path>.db, or a path ending in .db) or an MLflow "
+            "tracking server (tracking.uri=http://<host>:<port>)")
+
+
+def check_store_uri(uri: str) -> None:
+    """Refuse, naming the URI, what is not a store rnnlab can track into: a folder, a file that is not
+    SQLite, a file store (``file://``, a plain path: MLflow 3 no longer writes them)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if db.is_dir():
+            raise ConfigError(f"tracking.uri={uri} names a folder; {EXPECTED}")
+        if db.is_file() and db.stat().st_size > 0:
+            with open(db, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise ConfigError(f"tracking.uri={uri}: {str(db)!r} is not a SQLite database; {EXPECTED}")
+        return
+    if "://" not in uri and Path(uri).is_file():
+        raise ConfigError(f"tracking.uri={uri} is a plain file, not a tracking store; {EXPECTED}")
+    if uri.startswith("file:") or "://" not in uri:
+        raise ConfigError(f"tracking.uri={uri} is a file store (a folder such as ./mlruns), which MLflow 3 no longer "
+                          f"writes; {EXPECTED}")
+
+
+def ensure_sqlite_store(db: Path) -> None:
+    """Make sure the SQLite store ``db`` exists with its whole schema: created once, under a file lock,
+    in a temporary file renamed into place (see the module docstring)."""
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    from filelock import FileLock, Timeout
+
+    if not db.parent.is_dir():
+        raise ConfigError(f"tracking.uri: the folder of the SQLite store {str(db)!r} does not exist")
+    lock = FileLock(str(db) + ".lock")
+    try:
+        with lock.acquire(timeout=CREATE_TIMEOUT):
+            if db.is_file() and db.stat().st_size > 0:
+                return                      # another process created it while this one waited
+            for stale in db.parent.glob(db.name + ".creating-*"):
+                stale.unlink(missing_ok=True)   # what an interrupted creation left
+            tmp = db.with_name(f"{db.name}.creating-{os.getpid()}")
+            try:
+                _create_schema(tmp)
+                os.replace(tmp, db)
+            finally:
+                tmp.unlink(missing_ok=True)
+    except Timeout:
+        raise ConfigError(f"tracking.uri: waited {CREATE_TIMEOUT:.0f}s for another process creating the SQLite "
+                          f"store {str(db)!r} (lock {lock.lock_file}); if none is running, delete the lock "
+                          f"file") from None
+    except PermissionError as e:
+        raise ConfigError(f"tracking.uri: cannot create the SQLite store {str(db)!r} ({e.strerror}); "
+                          f"choose a writable folder with tracking.uri=sqlite:///<path>.db") from None
+
+
+def _create_schema(path: Path) -> None:
+    """Create MLflow's tables (and its default experiment) in a new SQLite file at ``path``."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    store = SqlAlchemyStore(f"sqlite:///{path}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)  # as MlflowClient does
+    store.engine.dispose()
 
 
 def experiment_id(client, name: str) -> str:
@@ -111,3 +190,52 @@ def download_checkpoint(cfg, run_id: str, kind: str = "last") -> Path:
         return Path(client.download_artifacts(run_id, f"checkpoints/{kind}.npz"))
     except (MlflowException, OSError) as e:
         raise ConfigError(f"MLflow run {run_id} has no {kind} checkpoint ({e})") from None
+
+
+# ----------------------------------------------------------------- which process runs a tracked run
+
+def _start_time(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), "" where unknown: with the
+    pid, it tells a process from a later one that reuses its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict:
+    """The tags that say which process runs a run (``rnnlab.host``, ``rnnlab.pid``, ``rnnlab.pid_start``)."""
+    import socket
+    return {"rnnlab.host": socket.gethostname(), "rnnlab.pid": str(os.getpid()),
+            "rnnlab.pid_start": _start_time(os.getpid())}
+
+
+def process_state(run) -> str:
+    """For a RUNNING run: "alive" (its process runs), "gone" (its process ended without closing it:
+    killed with SIGKILL, the machine stopped…) or "unknown" (another host, or no process tags)."""
+    import socket
+    tags = run.data.tags
+    if tags.get("rnnlab.host") != socket.gethostname() or not tags.get("rnnlab.pid", "").isdigit():
+        return "unknown"
+    pid = int(tags["rnnlab.pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "alive"
+    started = tags.get("rnnlab.pid_start")
+    return "gone" if started and _start_time(pid) not in ("", started) else "alive"
+
+
+def stale_runs(client, experiment_ids) -> list:
+    """The runs marked RUNNING whose process is gone."""
+    runs = client.search_runs(list(experiment_ids), filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    return [r for r in runs if process_state(r) == "gone"]
+
+
+def close_stale(client, run, reason: str) -> None:
+    """Close a RUNNING run whose process is gone as KILLED, with ``reason``."""
+    client.set_tag(run.info.run_id, "rnnlab.stop_reason", reason[:5000])
+    client.set_terminated(run.info.run_id, "KILLED")

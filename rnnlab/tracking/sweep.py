@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..lifecycle import fail
-from .store import connect, experiment_id, ui_command, ui_link
+from ..lifecycle import fail, last_end
+from .store import connect, experiment_id, process_tags, ui_command, ui_link
 
 log = logging.getLogger("rnnlab")
 
@@ -39,11 +42,14 @@ class SweepCallback(_HydraCallback):
 
     ``on_multirun_start`` runs in the launching process before any job: it creates (and migrates) the
     tracking store once, then the parent run; every trial finds it by the sweep's id. At the end the
-    parent run gets the best trial's figures and the command that compares the trials.
+    parent run gets the best trial's figures and the command that compares the trials. A sweep that
+    ends otherwise (a trial's config refused, a signal, a crash) still closes its parent run, with the
+    status and the reason (at exit; SIGTERM and SIGHUP between trials end the process through it).
     """
 
     def __init__(self):
         self.client = self.parent = self.experiment_id = self.sid = None
+        self.ended = False
 
     def on_multirun_start(self, config, **kwargs) -> None:
         if config.get("tracking", {}).get("name") != "mlflow":
@@ -59,9 +65,27 @@ class SweepCallback(_HydraCallback):
         run = client.create_run(self.experiment_id, run_name=f"sweep {' '.join(overrides)}"[:240], tags={
             "rnnlab.sweep_id": self.sid, "rnnlab.role": "sweep", "overrides": " ".join(overrides),
             "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
-            "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]})
+            "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1], **process_tags()})
         self.client, self.parent, self.uri = client, run.info.run_id, uri
+        atexit.register(self._close_unfinished)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) is signal.SIG_DFL:
+                    signal.signal(sig, _exit_on_signal)
         log.info("sweep %s (its MLflow parent run) in experiment %r at %s", self.parent, name, uri)
+
+    def _close_unfinished(self) -> None:
+        """At exit, a parent run the sweep's end did not close: KILLED after a signal, else FAILED."""
+        if self.parent is None or self.ended:
+            return
+        self.ended = True
+        status = "KILLED" if last_end.get("status") == "KILLED" else "FAILED"
+        reason = f"the sweep stopped before its end: {last_end.get('reason') or 'its process exited'}"
+        try:
+            self.client.set_tag(self.parent, "rnnlab.stop_reason", reason[:5000])
+            self.client.set_terminated(self.parent, status)
+        except Exception as e:  # noqa: BLE001 - at exit, a store that fails can only be reported
+            log.error("could not close the sweep's parent run %s (%s)", self.parent, e)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if self.parent is None:
@@ -81,7 +105,14 @@ class SweepCallback(_HydraCallback):
             self.client.set_tag(self.parent, "best_overrides", best.data.tags.get("overrides", ""))
         self.client.log_batch(self.parent, metrics=metrics)
         self.client.set_terminated(self.parent, "FINISHED")
+        self.ended = True
         log.info("sweep %s finished: %d trials (%d finished). Compare them with: "
                  "python -m rnnlab.compare sweep=%s%s", self.parent, len(trials), len(done), self.parent,
                  "" if self.uri.endswith(f"{os.getcwd()}/mlflow.db") else f" tracking.uri={self.uri}")
         log.info("see the sweep with: %s, then open %s", ui_command(self.uri), ui_link(self.uri, self.experiment_id))
+
+
+def _exit_on_signal(signum, frame):
+    """SIGTERM or SIGHUP between trials: exit through ``atexit``, which closes the parent run KILLED."""
+    last_end.update(status="KILLED", reason=f"stopped by {signal.Signals(signum).name} between trials")
+    raise SystemExit(128 + signum)
