@@ -237,7 +237,7 @@ class _Loop:
         o = self.o
         texts = generate(self.lm, self.params, self.dataset.vocab, self.sampler,
                          np.random.default_rng([o.seed, 1, step]), n=o.num_samples, max_len=o.max_len,
-                         stop_at_eol=self.names)
+                         stop_at_eol=self.names, min_len=1 if self.names else 0)   # shown names are never empty
         self.hist.samples[step] = texts
         report = sample_report(self.dataset, texts)
         for cb in self.callbacks:
