@@ -196,7 +196,7 @@ class MlflowTracker(Callback):
             client.log_text(run_id, "\n".join(overrides) + "\n", "config/overrides.txt")
             client.log_batch(run_id, tags=[RunTag("vocab", "".join(dataset.vocab.chars).replace("\n", "\\n"))])
             inputs = dataset_inputs(dataset, str(cfg.data.get("name", "data")), cfg.data.get("path"))
-            client.log_inputs(run_id, datasets=inputs)
+            _log_inputs(client, run_id, inputs)
         except BaseException as e:  # a stop or a failure while the run is being set up: do not leave it RUNNING
             status = "FAILED" if isinstance(e, Exception) else "KILLED"
             client.set_tag(run_id, "rnnlab.stop_reason", f"{type(e).__name__} while starting: {e}"[:5000])
@@ -413,3 +413,17 @@ def _version() -> str:
         return version("rnnlab")
     except Exception:  # noqa: BLE001 - not installed (source checkout)
         return "source"
+
+
+def _log_inputs(client, run_id: str, inputs) -> None:
+    """``log_inputs``, retried: trials of a parallel sweep may create the same dataset record at the same
+    moment, and SQLite's UNIQUE constraint then fails for all but one; a second try links the existing one."""
+    from mlflow.exceptions import MlflowException
+    for attempt in range(4):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint failed" not in str(e) or attempt == 3:
+                raise
+            time.sleep(0.1 * (attempt + 1))
