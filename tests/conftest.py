@@ -95,3 +95,14 @@ def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path)
     yield server
     server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"   # Debian's Chromium, which .ci/run installs
+
+
+def launch_chromium(playwright):
+    """Headless Chromium as this machine allows it: no sandbox (root), and none of the background
+    connections that the closed network would refuse."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require, require_module
+from conftest import CHROMIUM, launch_chromium, require, require_module
 from rnnlab.data import TextDataset, Vocab, load_dataset
 from rnnlab.inspect import (gate_saturation, gradient_flow, prepare_text, rank_units, read, saturation,
                             surprise, text_properties)
@@ -409,7 +409,6 @@ def test_a_tracked_run_logs_its_learning_curve_sample_tables_and_gradient_flow(t
 
 
 # --------------------------------------------------------------------------------- in a browser
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.slow
@@ -476,9 +475,7 @@ def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, 
     assert logged == {f"inspect/{name}" for name in ("surprise.html", "surprise.png", "gates.png", "gates.csv",
                                                       "summary.json")}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts",

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_module
+from conftest import CHROMIUM, launch_chromium, require, require_module
 from test_cli import cli
 
-CHROMIUM = "/usr/bin/chromium"
 SMALL = ["steps=60", "eval_every=20", "sample_every=60", "num_samples=3", "cell.hidden_size=16",
          "report_samples=50"]
 
@@ -59,9 +58,7 @@ def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_pa
     shots.mkdir()
     pages = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(link, timeout=60000)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_module
+from conftest import CHROMIUM, launch_chromium, require, require_module
 from test_cli import cli, env
 
 SMALL = ["steps=30", "eval_every=10", "sample_every=30", "num_samples=2", "log_every=10",
@@ -162,7 +162,6 @@ def test_named_experiments_compose_from_conf(tmp_path):
     assert bad.returncode == 2 and "Did you mean experiment=course?" in bad.stderr
 
 
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.slow
@@ -179,9 +178,7 @@ def test_mlflow_ui_shows_the_sweep_in_a_browser(tmp_path, mlflow_server):
     exp, parents, trials, _ = sweep_runs(client, "uicheck")
     (parent,) = parents
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs", timeout=60000)
