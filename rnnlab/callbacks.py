@@ -35,7 +35,10 @@ class Progress(Callback):
             self.bar = tqdm(total=self.steps, initial=step, unit="step", dynamic_ncols=True, leave=False)
 
     def on_step(self, step, m):
+        self.steps = m.get("steps", self.steps)      # a time budget re-estimates the run's steps
         if self.bar is not None:
+            if self.bar.total != self.steps:
+                self.bar.total = self.steps
             self.bar.update(1)
             val = "-" if math.isnan(self.last_val) else f"{self.last_val:.3f}"
             self.bar.set_postfix(loss=f"{m['smooth_loss']:.3f}", val=val, refresh=False)
@@ -133,9 +136,11 @@ class Checkpointer(Callback):
             log.error("not writing the %s checkpoint at step %d: %s hold NaN/inf", kind, self.step_done,
                       ", ".join(bad))
             return None
-        meta = dict(self.meta, step=self.step_done, best_val_nll=self.best)
+        meta = dict(self.meta, step=self.step_done, best_val_nll=self.best,
+                    wall_seconds=self.history.wall_seconds)
+        params = self.params if kind == "last" else getattr(self.optimizer, "averaged", lambda p: p)(self.params)
         path = ckpt_io.save(self.dir / f"{kind}.npz", ckpt_io.Checkpoint(
-            params=self.params, meta=meta, optimizer=self.optimizer.state_dict(), state=self.history.state))
+            params=params, meta=meta, optimizer=self.optimizer.state_dict(), state=self.history.state))
         self.latest = path
         if self.on_saved:
             self.on_saved(kind, path)

@@ -8,23 +8,33 @@ are time-major: ``x``, ``y``, ``mask`` are ``(T, B)``; a state is a list, one tu
 layer. A padded batch is packed once on the way in (``cells.base.Layout``): every layer, the output
 layer and the loss then work on the N real positions only, and results come back in column order.
 
-Dropout (inverted: kept units are scaled by 1/(1-p)) acts on the non-recurrent connections only, as in
-Zaremba et al. (2014): the embedding output, the output of every layer into the next one, and the top
-layer's output into the softmax layer. The recurrent connections are never dropped. A set of dropout
-masks is a list ``drop`` of ``num_layers + 1`` arrays: ``drop[0]`` for the embedding output (None
-without an embedding), ``drop[k + 1]`` for the output of layer ``k``. Masks are drawn only in training
-(``loss_and_grads`` with an ``rng``); evaluation and sampling use the whole network.
+Regularisers (training only: evaluation and sampling use the whole network, unpenalised):
+
+- **dropout** (inverted: kept entries are scaled by 1/(1-p)) on the non-recurrent connections, as in
+  Zaremba et al. (2014): the embedding output, the output of every layer into the next one, and the top
+  layer's output into the softmax layer — a new mask at every step, or with ``locked_dropout`` one mask
+  per sequence for all its steps (variational dropout, Gal & Ghahramani 2016);
+- **weight_dropout** (DropConnect on the recurrent weights, Merity et al. 2017): one mask on each layer's
+  ``Wh`` per batch, the same at every step, so the per-step product is the usual one with other weights;
+- **embedding_dropout**: whole characters dropped for a batch — rows of ``E``, or of the first layer's
+  ``Wx`` for a one-hot input (its row gather is the embedding);
+- **ar** and **tar** (activation regularisation): ``ar · mean(h²)`` of the top layer's (dropped) output
+  and ``tar · mean((h_t − h_{t−1})²)`` of its raw output within a batch, both means over the batch's
+  characters × units, added to the loss that the gradients are of (the reported loss stays the NLL).
+
+The masks of one batch are a ``Masks``; ``dropout_masks`` draws them (a pure function of the ``rng``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from .cells.base import Layout, scatter_rows
-from .checks import integer, unit_interval
+from .checks import integer, nonnegative, unit_interval
 from .flat import FlatParams
 from .registry import CELLS
 from .threads import one_blas_thread, pool
@@ -43,6 +53,18 @@ def softmax(logits):
     return np.exp(log_softmax(logits))
 
 
+@dataclass
+class Masks:
+    """The regularisation masks of one training batch, inverted (kept entries scaled by 1/(1-p)).
+
+    ``units``: ``num_layers + 1`` dropout masks — ``units[0]`` for the embedding output (None without an
+    embedding), ``units[k + 1]`` for the output of layer ``k`` — each (T, B, W), or (1, B, W) when locked;
+    ``weights``: per layer a (H, G*H) mask of ``Wh``; ``chars``: a (V,) mask of the input rows."""
+    units: list | None = None
+    weights: list | None = None
+    chars: np.ndarray | None = None
+
+
 class CharLM:
     """A character-level LM with ``num_layers`` stacked cells of ``hidden_size`` units.
 
@@ -56,14 +78,20 @@ class CharLM:
     # real positions × gates × hidden size); below, per-step overhead and the GIL eat the gain
     # (measured: experiments/benchmarks/README.md, session 4, "Batch shards re-decided").
     MIN_SHARD_WORK = 1_000_000
+    REGULARISERS = ("dropout", "locked_dropout", "weight_dropout", "embedding_dropout", "ar", "tar")
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
                  num_layers: int = 1, dtype=np.float32, reduction: str = "mean", dropout: float = 0.0,
-                 embedding_size: int = 0, threads: int = 1):
+                 embedding_size: int = 0, threads: int = 1, locked_dropout: bool = False,
+                 weight_dropout: float = 0.0, embedding_dropout: float = 0.0, ar: float = 0.0, tar: float = 0.0):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
         hidden_size, num_layers = integer("hidden_size", hidden_size, 1), integer("num_layers", num_layers, 1)
         self.dropout = unit_interval("dropout", dropout)
+        self.locked_dropout = bool(locked_dropout)
+        self.weight_dropout = unit_interval("weight_dropout", weight_dropout)
+        self.embedding_dropout = unit_interval("embedding_dropout", embedding_dropout)
+        self.ar, self.tar = nonnegative("ar", ar), nonnegative("tar", tar)
         self.embedding_size = integer("embedding_size", embedding_size, 0)  # 0: one-hot input
         self.threads = integer("threads", threads, 1)   # shards of a training batch run in parallel
         if reduction not in ("mean", "sum"):
@@ -77,7 +105,8 @@ class CharLM:
         self.dtype = np.dtype(dtype)
 
     def __repr__(self):
-        extra = "".join(f", {k}={getattr(self, k)}" for k in ("embedding_size", "dropout") if getattr(self, k))
+        extra = "".join(f", {k}={getattr(self, k)}" for k in ("embedding_size",) + self.REGULARISERS
+                        if getattr(self, k))
         return (f"CharLM(vocab_size={self.vocab_size}, cell={self.cell_name!r}, "
                 f"hidden_size={self.hidden_size}, num_layers={self.num_layers}{extra}, dtype={self.dtype.name})")
 
@@ -105,49 +134,90 @@ class CharLM:
         return [self.cell.zero_state(batch, self.hidden_size, self.dtype) for _ in range(self.num_layers)]
 
     # ------------------------------------------------------------------------------ forward/backward
-    def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> list | None:
-        """Fresh inverted-dropout masks for a (T, B) batch (None when ``dropout`` is 0): see the module
-        docstring for which connection each one drops."""
-        if not self.dropout:
+    @property
+    def draws_masks(self) -> bool:
+        """Whether training batches draw masks (any dropout of units, weights or characters)."""
+        return bool(self.dropout or self.weight_dropout or self.embedding_dropout)
+
+    def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> Masks | None:
+        """Fresh masks for a (T, B) batch, drawn from ``rng`` (None when no dropout is on): see ``Masks``
+        and the module docstring for what each one drops."""
+        if not self.draws_masks:
             return None
-        keep = 1.0 - self.dropout
+        masks = Masks()
+        if self.dropout:
+            shape = (1 if self.locked_dropout else T, B)
+            masks.units = [_keep(rng, shape + (self.embedding_size,), self.dropout, self.dtype)
+                           if self.embedding_size else None] + \
+                [_keep(rng, shape + (self.hidden_size,), self.dropout, self.dtype) for _ in range(self.num_layers)]
+        if self.weight_dropout:
+            width = self.cell.gates * self.hidden_size
+            masks.weights = [_keep(rng, (self.hidden_size, width), self.weight_dropout, self.dtype)
+                             for _ in range(self.num_layers)]
+        if self.embedding_dropout:
+            masks.chars = _keep(rng, (self.vocab_size,), self.embedding_dropout, self.dtype)
+        return masks
 
-        def draw(width):
-            return ((rng.random((T, B, width)) < keep) / keep).astype(self.dtype)
+    def masked(self, params, masks: Masks | None):
+        """The parameters a batch computes with: ``params`` with the batch's DropConnect and embedding
+        dropout applied (a dict sharing the untouched arrays), or ``params`` itself."""
+        if masks is None or (masks.weights is None and masks.chars is None):
+            return params
+        out = dict(params)
+        for k, m in enumerate(masks.weights or ()):
+            out[f"l{k}.Wh"] = params[f"l{k}.Wh"] * m
+        if masks.chars is not None:
+            key = self._char_rows
+            out[key] = params[key] * masks.chars[:, None]
+        return out
 
-        return [draw(self.embedding_size) if self.embedding_size else None] + \
-            [draw(self.hidden_size) for _ in range(self.num_layers)]
+    @property
+    def _char_rows(self) -> str:
+        """The parameter whose rows are the characters' inputs: E, or the first layer's Wx (one-hot)."""
+        return "E" if self.embedding_size else "l0.Wx"
+
+    def _masked_grads(self, grads, masks: Masks | None) -> None:
+        """In place: gradients with respect to ``masked(params)`` → with respect to ``params``."""
+        if masks is None:
+            return
+        for k, m in enumerate(masks.weights or ()):
+            grads[f"l{k}.Wh"] *= m
+        if masks.chars is not None:
+            grads[self._char_rows] *= masks.chars[:, None]
 
     def embed(self, params, x):
         """The input of the first layer: the ids themselves (one-hot) or their embedding rows."""
         return np.take(params["E"], x, axis=0) if self.embedding_size else x
 
     def forward(self, params, x, state0=None, mask=None, drop=None):
-        """x: (T, B) int ids; drop: dropout masks or None. Returns ((logits (T, B, V), final state), cache);
-        the logits of padded steps are zeros."""
+        """x: (T, B) int ids; drop: the batch's ``Masks`` or None. Returns ((logits (T, B, V), final
+        state), cache); the logits of padded steps are zeros."""
         lay = Layout(mask, *x.shape)
-        (logits, final), cache = self._forward(params, x, lay, state0, drop)
+        drop = _as_masks(drop)
+        (logits, final), cache = self._forward(self.masked(params, drop), x, lay, state0, drop and drop.units)
         return (lay.unpack(logits), final), cache
 
-    def _forward(self, params, x, lay, state0, drop):
-        """The forward pass on the batch's packed rows (see ``cells.base.Packing``): returns
-        ``((logits (N, V), final state), cache)``; states in column order."""
+    def _forward(self, params, x, lay, state0, units):
+        """The forward pass on the batch's packed rows (see ``cells.base.Packing``), with the dropout
+        masks ``units`` (or None): returns ``((logits (N, V), final state), cache)``; states in column
+        order. ``params`` are the masked ones (``masked``)."""
         state0 = self.initial_state(lay.B) if state0 is None else state0
-        drop = [None if d is None else lay.pack(d) for d in (drop or [None] * (self.num_layers + 1))]
+        units = [None if d is None else lay.pack(np.broadcast_to(d, (lay.T, lay.B, d.shape[2])))
+                 for d in (units or [None] * (self.num_layers + 1))]
         ids = lay.pack(x)
         inp = self.embed(params, ids)
-        if drop[0] is not None:
-            inp = inp * drop[0]
+        if units[0] is not None:
+            inp = inp * units[0]
         caches, final = [], []
         for k in range(self.num_layers):
             (hs, state), cache = self.cell.forward_packed(inp, lay.sort(state0[k]), self.layer_params(params, k),
                                                           lay.packing)
             caches.append(cache)
             final.append(lay.unsort(state))
-            inp = hs if drop[k + 1] is None else hs * drop[k + 1]
+            inp = hs if units[k + 1] is None else hs * units[k + 1]
         logits = inp @ params["Wy"]
         logits += params["by"]
-        return (logits, final), (caches, inp, drop, ids, lay)
+        return (logits, final), (caches, inp, units, ids, lay, hs)
 
     def internals(self, params, x, state0=None):
         """What the network computes inside, for looking at it: ``(logits (T, B, V), layers)`` where
@@ -163,9 +233,41 @@ class CharLM:
         """Mean cross-entropy in nats per (unmasked) character. Returns (loss, final state).
         No dropout unless masks are given (``drop``, e.g. for a gradient check)."""
         lay = Layout(mask, *x.shape)
-        (logits, final), _ = self._forward(params, x, lay, state0, drop)
+        drop = _as_masks(drop)
+        (logits, final), _ = self._forward(self.masked(params, drop), x, lay, state0, drop and drop.units)
         total, _ = self._nll(logits, lay.pack(y))
         return total / _characters(x, mask), final
+
+    def objective(self, params, x, y, mask=None, state0=None, drop=None) -> float:
+        """What ``loss_and_grads``' gradients are the gradients of: the summed NLL over the reduction's
+        scale (characters, or sequences) plus the ``ar``/``tar`` penalties, with the masks ``drop``."""
+        lay = Layout(mask, *x.shape)
+        drop = _as_masks(drop)
+        (logits, _), (_, top, _, _, lay, raw) = self._forward(self.masked(params, drop), x, lay, state0,
+                                                              drop and drop.units)
+        n = _characters(x, mask)
+        total, _ = self._nll(logits, lay.pack(y))
+        return total / (n if self.reduction == "mean" else x.shape[1]) + self._penalties(top, raw, lay, n)[0]
+
+    def _penalties(self, top, raw, lay, n):
+        """(AR + TAR penalty, its gradient with respect to the dropped top output, … to the raw one) of the
+        packed top-layer outputs; the gradients are None when their term is off."""
+        scale = 1.0 / (n * self.hidden_size)
+        value, dtop, draw = 0.0, None, None
+        if self.ar:
+            value += self.ar * scale * float(np.vdot(top, top))
+            dtop = top * self.dtype.type(2 * self.ar * scale)
+        if self.tar:
+            pk = lay.packing
+            cur = np.nonzero(pk.step_of > 0)[0]           # rows with a previous step in this batch …
+            prev = pk.prev[cur] - pk.B                    # … and that step's row (each row at most once)
+            diff = raw[cur] - raw[prev]
+            value += self.tar * scale * float(np.vdot(diff, diff))
+            diff *= self.dtype.type(2 * self.tar * scale)
+            draw = np.zeros_like(raw)
+            draw[cur] += diff
+            draw[prev] -= diff
+        return value, dtop, draw
 
     @staticmethod
     def _nll(logits, y):
@@ -179,11 +281,12 @@ class CharLM:
         """Loss (nats per character), gradients of every parameter, and the final state.
 
         The gradients are those of the mean loss per character (``reduction="mean"``) or of the loss
-        summed over each sequence and averaged over the batch (``"sum"``: the course's loss per name).
+        summed over each sequence and averaged over the batch (``"sum"``: the course's loss per name),
+        plus the ``ar``/``tar`` penalties (``objective``); the loss returned is the NLL alone.
         They come as a ``FlatParams`` (one buffer, named views). x, y: (T, B) int ids (inputs and
         next-character targets); mask: (T, B) 1/0 or None;
         state0: initial state (zeros if None); dstate: gradient flowing into the final state (None).
-        rng: draws the dropout masks of this batch (training); drop: given masks instead (a gradient
+        rng: draws the masks of this batch (training); drop: given ``Masks`` instead (a gradient
         check); neither: no dropout. return_dstate0: also return the gradient of the loss with respect
         to ``state0`` (per layer, like a state), the gradient that full BPTT would pass to the batch before.
 
@@ -193,30 +296,34 @@ class CharLM:
         NumPy, runs on every core; BLAS gets one thread per shard), and the shards' gradients are summed:
         the same result as one pass up to rounding.
         """
+        drop = _as_masks(drop)
         if drop is None and rng is not None:
             drop = self.dropout_masks(rng, *x.shape)
         T, B = x.shape
         n = _characters(x, mask)
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B, int(n))
+        used, units = self.masked(params, drop), drop and drop.units
         if len(shards) == 1:
-            total, grads, final, dstate0 = self._grads(params, x, y, Layout(mask, T, B), state0, dstate, drop,
-                                                       scale)
+            total, grads, final, dstate0 = self._grads(used, x, y, Layout(mask, T, B), state0, dstate, units,
+                                                       scale, n)
         else:
             lay = Layout(mask, T, B)
             columns = [lay.order[positions] for positions in _interleaved(len(shards), B)]
 
             def shard(cols):
-                return self._grads(params, x[:, cols], y[:, cols],
+                return self._grads(used, x[:, cols], y[:, cols],
                                    Layout(None if mask is None else mask[:, cols], T, len(cols)),
                                    _rows(state0, cols), _rows(dstate, cols),
-                                   None if drop is None else [d if d is None else d[:, cols] for d in drop], scale)
+                                   None if units is None else [d if d is None else d[:, cols] for d in units],
+                                   scale, n)
             with one_blas_thread():
                 parts = list(pool(len(shards)).map(shard, columns))
             total, grads = sum(p[0] for p in parts), parts[0][1]
             for _, g, _, _ in parts[1:]:
                 grads.flat += g.flat
             final, dstate0 = (_gather_rows([p[i] for p in parts], columns) for i in (2, 3))
+        self._masked_grads(grads, drop)
         loss = total / n
         return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
 
@@ -229,10 +336,11 @@ class CharLM:
         edges = [round(i * batch / k) for i in range(k + 1)]
         return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
-    def _grads(self, params, x, y, lay, state0, dstate, drop, scale):
-        """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale, final
-        state, gradient of the initial state)."""
-        (logits, final), (caches, top, drop, ids, lay) = self._forward(params, x, lay, state0, drop)
+    def _grads(self, params, x, y, lay, state0, dstate, units, scale, n):
+        """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale +
+        penalties (normalised by the whole batch's ``n`` characters), final state, gradient of the
+        initial state)."""
+        (logits, final), (caches, top, units, ids, lay, raw) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
         total, logp = self._nll(logits, y)
         # d loss / d logits = (softmax - onehot) / scale
@@ -243,18 +351,23 @@ class CharLM:
         np.matmul(top.T, dlogits, out=grads["Wy"])
         np.sum(dlogits, axis=0, out=grads["by"])
         dhs = dlogits @ params["Wy"].T
+        _, dtop, draw = self._penalties(top, raw, lay, n) if self.ar or self.tar else (0, None, None)
+        if dtop is not None:
+            dhs += dtop
         dstate0 = [None] * self.num_layers
         for k in reversed(range(self.num_layers)):
-            if drop[k + 1] is not None:
-                dhs *= drop[k + 1]
+            if units[k + 1] is not None:
+                dhs *= units[k + 1]
+            if draw is not None and k == self.num_layers - 1:
+                dhs += draw
             out = {name: grads[f"l{k}.{name}"] for name in self.layer_params(params, k)}
             _, (dx, ds0) = self.cell.backward_packed(dhs, caches[k], lay.sort(None if dstate is None else dstate[k]),
                                                      out=out)
             dstate0[k] = lay.unsort(ds0)
             dhs = dx
         if self.embedding_size:
-            if drop[0] is not None:
-                dhs *= drop[0]
+            if units[0] is not None:
+                dhs *= units[0]
             scatter_rows(ids, dhs, self.vocab_size, out=grads["E"])
         return total, grads, final, dstate0
 
@@ -279,6 +392,17 @@ def _characters(x, mask) -> float:
     if n == 0:
         raise ValueError("the batch has no unmasked character")
     return n
+
+
+def _keep(rng, shape, p: float, dtype):
+    """An inverted dropout mask: each entry kept (1 / (1 - p)) with probability 1 - p, else 0."""
+    keep = 1.0 - p
+    return ((rng.random(shape) < keep) / keep).astype(dtype)
+
+
+def _as_masks(drop) -> Masks | None:
+    """``drop`` as ``Masks``: a plain list is the dropout masks of the units."""
+    return Masks(units=list(drop)) if isinstance(drop, (list, tuple)) else drop
 
 
 def _interleaved(k: int, B: int) -> list[np.ndarray]:

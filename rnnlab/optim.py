@@ -13,6 +13,11 @@ An optimizer is a dataclass: its fields are its options (the one place where the
 declared; the command line's ``optimizer`` group is made from them), validated in ``__post_init__``.
 ``lr`` has no default here: the run's ``lr`` is its default on the command line.
 
+Every optimizer takes ``ema`` (default 0: off): the decay of an exponential moving average of the
+parameters after each update (Polyak averaging), kept as the buffer ``avg`` and read bias-corrected by
+``averaged``, as Adam reads its moments; training evaluates, keeps as its best and samples from the
+average.
+
 Every optimizer keeps its per-parameter buffers in ``self.buffers[name][slot]`` and its step count in
 ``self.t``, so checkpoints and resumes need no knowledge of its insides.
 """
@@ -34,12 +39,16 @@ class Optimizer:
     lr: float
     _: KW_ONLY
     weight_decay: float = 0.0     # decoupled weight decay of the weight matrices (AdamW for adam)
+    ema: float = 0.0              # decay of a moving average of the weights that evaluation uses (0: off)
     slots = ()                    # the names of the per-parameter buffers (class attribute, not an option)
     CHUNK = 1 << 16               # entries of a flat buffer updated at once: the update's passes over a chunk hit the cache
 
     def __post_init__(self):
         self.lr = _positive("lr", self.lr)
         self.weight_decay = _nonnegative("weight_decay", self.weight_decay)
+        self.ema = _unit("ema", self.ema)
+        if self.ema:
+            self.slots = type(self).slots + ("avg",)
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {}
 
@@ -69,14 +78,31 @@ class Optimizer:
         for name, p in params.items():
             if self.weight_decay and p.ndim >= 2:
                 p *= decay
-            self.update(p, grads[name], self._buffers(name, p))
+            self._update_and_average(p, grads[name], self._buffers(name, p))
+
+    def _update_and_average(self, p, g, buf):
+        self.update(p, g, buf)
+        if self.ema:
+            avg = buf["avg"]
+            avg *= self.ema
+            avg += (1 - self.ema) * p
+
+    def averaged(self, params: dict) -> dict:
+        """The moving average of ``params`` (``ema``), bias-corrected: ``avg / (1 - ema^t)``, a new
+        ``FlatParams``; ``params`` themselves before the first update or without ``ema``."""
+        if not self.ema or self.t == 0:
+            return params
+        out = FlatParams.like(params, fill="empty")
+        for name in out:
+            np.divide(self.buffers[name]["avg"], 1 - self.ema ** self.t, out=out[name])
+        return out
 
     def _update_chunks(self, p, g, buffers):
         """``update`` on the flat buffers a chunk at a time, so that all its passes over a chunk find it in
         the cache. (Sharing the chunks out between two threads was measured no faster.)"""
         for a in range(0, p.size, self.CHUNK):
             b = a + self.CHUNK
-            self.update(p[a:b], g[a:b], {k: v[a:b] for k, v in buffers.items()})
+            self._update_and_average(p[a:b], g[a:b], {k: v[a:b] for k, v in buffers.items()})
 
     def _flat_buffers(self, params: FlatParams) -> dict:
         """One buffer per slot in the layout of ``params``; ``self.buffers`` holds named views into them

@@ -398,13 +398,17 @@ def _resume(job: Job, resumed: Resumed) -> None:
         job.optimizer.load_state_dict(ckpt.optimizer)
     except (KeyError, ValueError) as e:
         raise ckpt_io.CheckpointError(f"{where}: optimizer state unusable ({e})") from None
-    if ckpt.step >= job.settings.steps:
+    spent = float(ckpt.meta.get("wall_seconds", 0.0))
+    if job.settings.time_budget and spent >= job.settings.time_budget * 60:
+        raise ConfigError(f"resume: the checkpoint's run already spent {spent / 60:.1f} minutes of "
+                          f"time_budget={job.settings.time_budget:g}; ask for a longer time_budget")
+    if ckpt.step >= job.settings.steps and not job.settings.time_budget:
         raise ConfigError(f"resume: the checkpoint is at step {ckpt.step}, which already reaches "
                           f"steps={job.settings.steps}; ask for more steps")
     job.params = ckpt.params
     best = _best_of(resumed)
     job.resume = Resume(ckpt.step, ckpt.state, float(ckpt.meta.get("best_val_nll", math.inf)),
-                        best.params if best else None, best.step - 1 if best else None)
+                        best.params if best else None, best.step - 1 if best else None, spent)
     job.resumed_from = resumed.path
     job.best_source = resumed.path.parent / "best.npz" if best else None
     job.stale_run = resumed.run.info.run_id if resumed.stale else None

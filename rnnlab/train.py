@@ -41,6 +41,9 @@ class TrainOptions:
     patience: int = option(0, "early stopping: evaluations without improvement before stopping", ">= 0",
                            zero="no early stopping")
     min_delta: float = option(0.0, "the improvement of val_nll that counts", ">= 0")
+    time_budget: float = option(0.0, "minutes to train: the run ends when they are spent, its steps (and so "
+                                "its schedule) re-estimated at every step from the time measured so far",
+                                ">= 0", zero="no budget: train for `steps`")
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Resume:
     best_val_nll: float = math.inf
     best_params: dict | None = None
     best_step: int | None = None
+    wall_seconds: float = 0.0     # of the time budget, already spent
 
 
 class TrainingDiverged(FloatingPointError):
@@ -92,6 +96,7 @@ class History:
     report: dict = field(default_factory=dict)             # the final sample report (see sample_report)
     chars: int = 0                                         # characters trained on
     seconds: float = 0.0                                   # time spent in training steps
+    wall_seconds: float = 0.0                              # time spent in the loop (with a time budget)
 
     @property
     def best_val_nll(self) -> float:
@@ -153,46 +158,86 @@ def train(lm, params: dict, dataset, optimizer, clipper, options: TrainOptions, 
     """
     check_options(options)
     dataset.check_batch_size(options.batch_size)
-    loop = _Loop(lm, params, dataset, options, sampler or SoftmaxSampler(), callbacks, resume or Resume())
+    loop = _Loop(lm, params, dataset, options, sampler or SoftmaxSampler(), callbacks, resume or Resume(),
+                 optimizer)
     base_lr = optimizer.lr
     for cb in callbacks:
         cb.on_start(loop.start, loop.hist)
+    step, clock = loop.start, Budget(options, loop.hist)
     try:
-        for step in range(loop.start, options.steps):
+        while step < clock.steps:
             if schedule is not None:
-                optimizer.lr = base_lr * schedule(step, options.steps)
-            loop.train_step(step, optimizer, clipper)
-            last = step == options.steps - 1
+                optimizer.lr = base_lr * schedule(step, clock.steps)
+            loop.train_step(step, optimizer, clipper, clock.steps)
+            last = clock.is_last(step)
             if options.eval_every and ((step + 1) % options.eval_every == 0 or last):
                 last = loop.evaluate(step, last) or last
             if options.sample_every and ((step + 1) % options.sample_every == 0 or last):
                 loop.sample(step)
-            if loop.hist.stopped_at is not None:
+            if loop.hist.stopped_at is not None or last:
                 break
+            step += 1
     finally:
         optimizer.lr = base_lr
     return loop.finish()
 
 
+class Budget:
+    """How many steps the run has: ``options.steps``, or with a ``time_budget`` as many as fit in it.
+
+    With a budget, ``steps`` is re-estimated after every step from the wall time the run has spent in
+    the loop so far (training, evaluations, samples; a resumed run counts its earlier part, kept in
+    ``History.wall_seconds``), so the schedule is stretched over the budget and the last step — with its
+    evaluation — ends about when the budget does. Until two steps are timed, ``options.steps`` is the guess.
+    """
+
+    def __init__(self, options: TrainOptions, hist: History):
+        self.budget = options.time_budget * 60.0
+        self.steps = options.steps
+        self.hist = hist
+        self.start = time.perf_counter() - hist.wall_seconds
+        self.first = None      # (step, elapsed) when the first step of this call ended
+
+    def is_last(self, step: int) -> bool:
+        """Whether ``step`` (just trained) is the run's last; re-estimates ``steps`` with a budget."""
+        if not self.budget:
+            return step == self.steps - 1
+        elapsed = time.perf_counter() - self.start
+        self.hist.wall_seconds = elapsed
+        if self.first is None:
+            self.first = (step, elapsed)
+        elif step > self.first[0]:
+            per_step = (elapsed - self.first[1]) / (step - self.first[0])
+            self.steps = step + 1 + max(0, int((self.budget - elapsed) / per_step))
+        return elapsed >= self.budget or step >= self.steps - 1
+
+
 class _Loop:
     """The state of one call of ``train`` and its parts: a step, an evaluation, samples, the end."""
 
-    def __init__(self, lm, params, dataset, options, sampler, callbacks, resume: Resume):
+    def __init__(self, lm, params, dataset, options, sampler, callbacks, resume: Resume, optimizer):
         self.lm, self.params, self.dataset, self.o = lm, params, dataset, options
+        self.optimizer = optimizer
         self.sampler, self.callbacks = sampler, callbacks
         self.start, self.state, self.best = resume.step, resume.state, resume.best_val_nll
-        self.hist = History(state=resume.state, best_params=resume.best_params, best_step=resume.best_step)
+        self.hist = History(state=resume.state, best_params=resume.best_params, best_step=resume.best_step,
+                            wall_seconds=resume.wall_seconds)
         self.smooth, self.stale = None, 0
         self.names = ends_at_eol(dataset.kind)   # samples end at the end of a line
 
-    def train_step(self, step: int, optimizer, clipper) -> None:
+    def evaluated(self):
+        """The parameters that evaluation, samples and the best checkpoint use: the optimizer's moving
+        average (``ema``), or the trained ones."""
+        return getattr(self.optimizer, "averaged", lambda p: p)(self.params)
+
+    def train_step(self, step: int, optimizer, clipper, steps: int) -> None:
         """Forward, backward, clip, update; record and report the step."""
         lm, o, hist = self.lm, self.o, self.hist
         batch = self.dataset.train_batch(step, o.batch_size, o.seed)
         if batch.reset:
             self.state = None
         t0 = time.perf_counter()
-        rng = np.random.default_rng([o.seed, 2, step]) if lm.dropout else None  # this step's dropout masks
+        rng = np.random.default_rng([o.seed, 2, step]) if lm.draws_masks else None  # this step's masks
         loss, grads, self.state = lm.loss_and_grads(self.params, batch.x, batch.y, batch.mask, self.state,
                                                     rng=rng)
         norm = clipper(grads)
@@ -212,19 +257,20 @@ class _Loop:
         hist.grad_norm.append(norm)
         hist.state = self.state
         metrics = {"train_loss": loss, "smooth_loss": self.smooth, "grad_norm": norm, "lr": optimizer.lr,
-                   "chars_per_sec": n_chars / dt if dt > 0 else math.inf}
+                   "chars_per_sec": n_chars / dt if dt > 0 else math.inf, "steps": steps}
         for cb in self.callbacks:
             cb.on_step(step, metrics)
 
     def evaluate(self, step: int, last: bool) -> bool:
         """Measure the validation loss, keep the best parameters; True when early stopping ends the run."""
-        val = evaluate(self.lm, self.params, self.dataset, "val")
+        params = self.evaluated()
+        val = evaluate(self.lm, params, self.dataset, "val")
         self.hist.eval_step.append(step)
         self.hist.val_nll.append(val)
         for cb in self.callbacks:
             cb.on_eval(step, {"val_nll": val, "val_bpc": nats_to_bits(val)})
         if val < self.best:
-            self.hist.best_step, self.hist.best_params = step, {k: v.copy() for k, v in self.params.items()}
+            self.hist.best_step, self.hist.best_params = step, {k: v.copy() for k, v in params.items()}
         self.stale = 0 if val < self.best - self.o.min_delta else self.stale + 1
         self.best = min(self.best, val)
         if self.o.patience and self.stale >= self.o.patience and not last:
@@ -235,7 +281,7 @@ class _Loop:
     def sample(self, step: int) -> None:
         """The periodic samples, and their report (names)."""
         o = self.o
-        texts = generate(self.lm, self.params, self.dataset.vocab, self.sampler,
+        texts = generate(self.lm, self.evaluated(), self.dataset.vocab, self.sampler,
                          np.random.default_rng([o.seed, 1, step]), n=o.num_samples, max_len=o.max_len,
                          stop_at_eol=self.names, min_len=1 if self.names else 0)   # shown names are never empty
         self.hist.samples[step] = texts
@@ -249,7 +295,7 @@ class _Loop:
         """The test loss and the sample report of the best parameters; the callbacks' ends."""
         hist, o = self.hist, self.o
         end = hist.step[-1] if hist.step else o.steps - 1
-        final = hist.best_params or self.params
+        final = hist.best_params or self.evaluated()
         report = {}
         if self.dataset.num_chars("test") > 0:
             hist.test_nll = evaluate(self.lm, final, self.dataset, "test")

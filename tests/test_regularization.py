@@ -37,8 +37,9 @@ def test_dropout_gradcheck_with_fixed_masks(cell, embedding_size, rng):
     params = perturbed(lm, rng)
     x, y, mask = batch(rng)
     drop = lm.dropout_masks(np.random.default_rng(5), T, B)
-    assert (drop[0] is not None) == bool(embedding_size) and len(drop) == 3
-    assert any((d == 0).any() for d in drop if d is not None)  # something is really dropped
+    assert (drop.units[0] is not None) == bool(embedding_size) and len(drop.units) == 3
+    assert drop.weights is None and drop.chars is None
+    assert any((d == 0).any() for d in drop.units if d is not None)  # something is really dropped
     loss, grads, _ = lm.loss_and_grads(params, x, y, mask, drop=drop)
     assert loss == pytest.approx(lm.loss(params, x, y, mask, drop=drop)[0], rel=1e-12)
     assert loss != pytest.approx(lm.loss(params, x, y, mask)[0], rel=1e-6)  # the masks matter
@@ -49,7 +50,7 @@ def test_dropout_gradcheck_with_fixed_masks(cell, embedding_size, rng):
 
 def test_dropout_masks_are_inverted_and_drawn_only_in_training(rng):
     lm = CharLM(V, "lstm", 64, dropout=0.25, embedding_size=8)
-    drop = lm.dropout_masks(np.random.default_rng(0), 50, 40)
+    drop = lm.dropout_masks(np.random.default_rng(0), 50, 40).units
     for d, width in zip(drop, (8, 64)):
         assert d.shape == (50, 40, width) and d.dtype == np.float32
         assert set(np.unique(d)) == {0.0, np.float32(1 / 0.75)}

@@ -53,7 +53,7 @@ def test_history_and_callbacks():
     assert hist.step == list(range(25)) and hist.eval_step == [9, 19, 24]
     assert sorted(hist.samples) == [19, 24] and all(len(s) == 3 for s in hist.samples.values())
     assert ("eval", 24, ["val_bpc", "val_nll"]) in events and events[-1] == ("end", 24, 25)
-    assert ("step", 0, ["chars_per_sec", "grad_norm", "lr", "smooth_loss", "train_loss"]) in events
+    assert ("step", 0, ["chars_per_sec", "grad_norm", "lr", "smooth_loss", "steps", "train_loss"]) in events
     assert hist.val_nll[-1] == pytest.approx(evaluate(lm, params, ds, "val"))
     assert hist.chars == sum(int(ds.train_batch(s, 4, 0).mask.sum()) for s in range(25))
 

@@ -135,6 +135,11 @@ class Cell:
         num_layers: int = 1
         dropout: float = 0.0        # on the non-recurrent connections, in training only
         embedding_size: int = 0     # 0: one-hot input; D > 0: a learned (V, D) embedding
+        locked_dropout: bool = False   # true: one dropout mask per sequence, the same at every step (variational)
+        weight_dropout: float = 0.0    # DropConnect on the recurrent weights Wh: one mask per batch
+        embedding_dropout: float = 0.0  # whole characters dropped from the input, per batch
+        ar: float = 0.0             # activation regularisation: ar * mean(h^2) of the top layer's output
+        tar: float = 0.0            # temporal AR: tar * mean((h_t - h_t-1)^2) of the top layer's output
 
     gates = 1          # G: blocks of H columns in Wx, Wh, b
     state_size = 1     # number of (B, H) arrays in the state: h, or (h, c)
