@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from rnnlab.cells import LNLSTM
+from rnnlab.clipping import NormClip
 from rnnlab.data import LineDataset
 from rnnlab.gradcheck import gradcheck, numerical_gradient
 from rnnlab.model import CharLM
-from rnnlab.clipping import NormClip
 from rnnlab.optim import Adam
 from rnnlab.registry import CELLS
 from rnnlab.train import TrainOptions, train
@@ -230,3 +230,27 @@ def test_a_short_training_run_lowers_the_loss():
     assert all(np.isfinite(hist.train_loss))
     assert np.mean(hist.train_loss[-10:]) < 0.75 * np.mean(hist.train_loss[:5]), hist.train_loss
     assert hist.val_nll[-1] < hist.val_nll[0]
+
+
+def test_batch_shards_in_threads_give_the_one_pass_result(rng, monkeypatch):
+    """threads=2 (each half of the batch in its own thread, with its own workspaces) gives the one-pass
+    loss, gradients and states."""
+    V, Tw, Bw = 7, 6, 8
+    kw = dict(num_layers=2, dtype=np.float64, dropout=0.3, embedding_size=3)
+    one, two = CharLM(V, "lnlstm", 5, **kw), CharLM(V, "lnlstm", 5, threads=2, **kw)
+    monkeypatch.setattr(CharLM, "MIN_SHARD_WORK", 1)      # shard even this small batch
+    assert len(two.shards(Bw, 30)) == 2
+    params = one.init_params(rng)
+    x, y = rng.integers(0, V, (Tw, Bw)), rng.integers(0, V, (Tw, Bw))
+    mask = (np.arange(Tw)[:, None] < np.array([6, 0, 3, 1, 6, 5, 2, 4])).astype(float)
+    state0 = [tuple(rng.normal(0, 0.5, (Bw, 5)) for _ in s) for s in one.initial_state(Bw)]
+    dstate = [tuple(rng.normal(0, 0.5, (Bw, 5)) for _ in s) for s in one.initial_state(Bw)]
+    drop = one.dropout_masks(rng, Tw, Bw)
+    (l1, g1, f1, d1), (l2, g2, f2, d2) = (m.loss_and_grads(params, x, y, mask, state0, dstate, drop=drop,
+                                                           return_dstate0=True) for m in (one, two))
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    for name in g1:
+        np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    for a, b in zip(f1 + d1, f2 + d2):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-14)

@@ -32,11 +32,18 @@ from .base import (Cell, Packing, RecurrentBackward, as_gates, final_states, gat
 EPS = 1e-5
 
 
+def _mean(v):
+    """The mean over the last axis, keeping it: (…, H) → (…, 1). A matrix-vector product, which runs
+    several times faster than NumPy's reduction over short rows."""
+    H = v.shape[-1]
+    return np.matmul(v, np.full(H, 1.0 / H, v.dtype))[..., None]
+
+
 def layer_norm(v, out=None):
     """LN over the last axis: v (…, H) → (v̂ (…, H), s (…, 1)), s = 1 / sqrt(var(v) + eps).
     ``out`` may be ``v`` itself (normalised in place)."""
-    out = np.subtract(v, v.mean(axis=-1, keepdims=True), out=out)
-    s = np.square(out).mean(axis=-1, keepdims=True)
+    out = np.subtract(v, _mean(v), out=out)
+    s = _mean(np.square(out))
     s += EPS
     np.sqrt(s, out=s)
     np.reciprocal(s, out=s)
@@ -47,9 +54,10 @@ def layer_norm(v, out=None):
 def layer_norm_backward(dy, y, s, out=None):
     """The gradient reaching v from ``dy`` (…, H), that of y = LN(v) (…, H) with s (…, 1) from
     ``layer_norm``: ``s (dy - mean(dy) - y mean(dy y))``. ``out`` may be ``dy`` itself."""
-    m = np.mean(dy * y, axis=-1, keepdims=True)
-    out = np.subtract(dy, dy.mean(axis=-1, keepdims=True), out=out)
-    out -= y * m
+    m = _mean(dy * y)
+    ym = y * m
+    out = np.subtract(dy, _mean(dy), out=out)
+    out -= ym
     out *= s
     return out
 
