@@ -33,8 +33,8 @@ EPS = 1e-5
 
 
 def _mean(v):
-    """The mean over the last axis, keeping it: (…, H) → (…, 1). A matrix-vector product, which runs
-    several times faster than NumPy's reduction over short rows."""
+    """The mean over the last axis, keeping it: (…, H) → (…, 1). A matrix-vector product: faster than
+    NumPy's reduction over rows as short as a gate's."""
     H = v.shape[-1]
     return np.matmul(v, np.full(H, 1.0 / H, v.dtype))[..., None]
 
