@@ -4,11 +4,11 @@ semantics, single-step form, float32."""
 import numpy as np
 import pytest
 
-from rnnlab.cells import GRU, LSTM, RNN
+from rnnlab.cells import GRU, LNLSTM, LSTM, RNN
 from rnnlab.gradcheck import gradcheck
 from rnnlab.registry import CELLS
 
-CELL_CLASSES = [RNN, LSTM, GRU]
+CELL_CLASSES = [RNN, LSTM, GRU, LNLSTM]
 T, B, D, H = 5, 3, 4, 6
 
 
@@ -115,7 +115,7 @@ def test_float32_stays_float32_and_agrees_with_float64(cell_cls, rng):
 
 
 def test_registry_has_the_builtin_cells():
-    assert CELLS.names() == ["gru", "lstm", "rnn"]
+    assert CELLS.names() == ["gru", "lnlstm", "lstm", "rnn"]
     assert CELLS.names("*ru") == ["gru"]
     assert isinstance(CELLS.build("lstm"), LSTM)
 

@@ -10,7 +10,8 @@ Every cell has the same interface (time-major shapes, see ``base``)::
 
 from .base import Cell
 from .gru import GRU
+from .lnlstm import LNLSTM
 from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["Cell", "RNN", "LSTM", "GRU"]
+__all__ = ["Cell", "RNN", "LSTM", "GRU", "LNLSTM"]
