@@ -472,6 +472,9 @@ def summary(job: Job, hist, best: float, seconds: float, tracker=None) -> list[s
                      f"{r['samples_in_train']:.1%} copies of training names, {r['samples_in_heldout']:.1%} "
                      f"of held-out names{f', {r_empty:.1%} empty' if (r_empty := r.get('samples_empty')) else ''} "
                      f"({out / 'samples' / 'report.txt'})")
+    if job.settings.time_budget:
+        lines.append(f"  time_budget {job.settings.time_budget:g} min: {hist.step[-1] + 1 if hist.step else 0:,} steps "
+                     f"in {hist.wall_seconds / 60:.1f} min of training and evaluation")
     if hist.stopped_at is not None:
         lines.append(f"  stopped early at step {hist.stopped_at + 1}: no improvement of val_nll in "
                      f"{job.settings.patience} evaluations (best checkpoint: {out / 'checkpoints' / 'best.npz'})")

@@ -241,7 +241,7 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
 def test_plugins_listing(tmp_path):
     out = cli(["--plugins"], tmp_path)
     assert out.returncode == 0
-    assert "cells       gru, lstm, rnn" in out.stdout
+    assert "cells       gru, lnlstm, lstm, rnn" in out.stdout
     assert "optimizers  adagrad, adam, momentum, rmsprop, sgd" in out.stdout
 
 

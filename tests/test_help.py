@@ -98,7 +98,7 @@ def rnnlab_command():
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("rnnlab cell=", {"cell=gru", "cell=lstm", "cell=rnn"}),
+    ("rnnlab cell=", {"cell=gru", "cell=lnlstm", "cell=lstm", "cell=rnn"}),
     ("rnnlab cell.h", {"cell.hidden_size="}),
     ("rnnlab optimizer=a", {"optimizer=adagrad", "optimizer=adam"}),
     ("rnnlab lr=0.01 ste", {"steps="}),

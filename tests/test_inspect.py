@@ -325,7 +325,7 @@ def test_inspect_a_given_text_and_a_plain_rnn(trained):
 @pytest.mark.parametrize("args, message", [
     (['text="Tyrannosaurus REX!"'], "has characters outside the model's vocabulary: ' !ERTX'"),
     (['text=""'], "text is empty"),
-    (["views=[gates]", "checkpoint_of=play"], "the gates view needs an LSTM or a GRU"),
+    (["views=[gates]", "checkpoint_of=play"], "the gates view needs a gated cell"),
     (["views=[surprise,colours]"], "views: unknown view 'colours'"),
     (["max_distance=5000", "views=[gradient_flow]"], "lower max_distance"),
     (["split=tset"], "split must be train, val or test"),

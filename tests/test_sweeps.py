@@ -145,7 +145,8 @@ def test_named_experiments_compose_from_conf(tmp_path):
     import yaml
     cfg = yaml.safe_load(out.stdout)
     assert cfg["cell"] == {"name": "rnn", "hidden_size": 50, "num_layers": 1, "dropout": 0.0,
-                           "embedding_size": 0}
+                           "embedding_size": 0, "locked_dropout": False, "weight_dropout": 0.0,
+                           "embedding_dropout": 0.0, "ar": 0.0, "tar": 0.0}
     assert cfg["optimizer"]["name"] == "sgd" and cfg["lr"] == 0.01 and cfg["batch_size"] == 1
     assert cfg["clip"] == {"name": "value", "max_value": 5.0} and cfg["reduction"] == "sum"
     assert cfg["tracking"]["experiment"] == "course" and cfg["data"]["name"] == "dinos"

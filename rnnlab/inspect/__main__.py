@@ -19,6 +19,7 @@ from ..checkpoint import CheckpointError, load, restore_model
 from ..cli import USER_ERRORS, command, fail
 from ..config import ConfigError
 from ..data import read_text
+from .gates import GATES
 from .reading import prepare_text
 from .source import data_kind, heldout_text
 from .views import VIEWS, write_views
@@ -53,8 +54,9 @@ def _task(cfg):
         path, where = _checkpoint_path(cfg)
         ckpt = load(path)
         lm, params, vocab = restore_model(ckpt, where)
-        if "gates" in views and explicit and lm.cell_name not in ("lstm", "gru"):
-            raise ConfigError(f"the gates view needs an LSTM or a GRU; {where} is a {lm.cell_name!r} model")
+        if "gates" in views and explicit and lm.cell_name not in GATES:
+            raise ConfigError(f"the gates view needs a gated cell ({', '.join(GATES)}); {where} is a "
+                              f"{lm.cell_name!r} model")
         text, lines, flow_ids, source = _text_to_read(cfg, ckpt, vocab, "gradient_flow" in views, where)
         n_flow = len(flow_ids) if flow_ids is not None else len(text)
         if "gradient_flow" in views and n_flow <= int(cfg.max_distance) + 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "u")}
+GATES = {"lstm": ("i", "f", "o"), "lnlstm": ("i", "f", "o"), "gru": ("r", "u")}
 GATE_NAMES = {"i": "input", "f": "forget", "o": "output", "r": "reset", "u": "update"}
 
 
@@ -25,5 +25,5 @@ def gate_saturation(reading, low: float = 0.1, high: float = 0.9) -> list[dict]:
     for a cell without gates."""
     names = GATES.get(reading.cell)
     if names is None:
-        raise ValueError(f"a {reading.cell!r} cell has no gates; the gates view needs an LSTM or a GRU")
+        raise ValueError(f"a {reading.cell!r} cell has no gates; the gates view needs a gated cell ({', '.join(GATES)})")
     return [{g: saturation(layer[g], low, high) for g in names} for layer in reading.layers]
