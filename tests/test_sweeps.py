@@ -153,7 +153,7 @@ def test_named_experiments_compose_from_conf(tmp_path):
     names = yaml.safe_load(cli(["experiment=names", "data.path=names.txt", "--cfg", "job"], tmp_path).stdout)
     assert names["data"]["kind"] == "lines" and names["data"]["test_fraction"] == 0.03122
     assert round(0.03122 * 32033) == 1000 and names["schedule"]["name"] == "cosine"
-    assert names["cell"]["num_layers"] == 2 and names["cell"]["dropout"] == 0.25
+    assert names["cell"]["num_layers"] == 2 and names["cell"]["weight_dropout"] == 0.3 and names["time_budget"] == 20
     text = yaml.safe_load(cli(["experiment=shakespeare", "data.path=t.txt", "--cfg", "job"], tmp_path).stdout)
     assert text["data"]["kind"] == "text" and text["data"]["seq_len"] == 100 and text["batch_size"] == 32
     hydra = yaml.safe_load(cli(["experiment=compare_cells", "--cfg", "hydra"], tmp_path).stdout)
