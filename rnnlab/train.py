@@ -41,9 +41,9 @@ class TrainOptions:
     patience: int = option(0, "early stopping: evaluations without improvement before stopping", ">= 0",
                            zero="no early stopping")
     min_delta: float = option(0.0, "the improvement of val_nll that counts", ">= 0")
-    time_budget: float = option(0.0, "minutes to train: the run ends when they are spent, its steps (and so "
-                                "its schedule) re-estimated at every step from the time measured so far",
-                                ">= 0", zero="no budget: train for `steps`")
+    time_budget: float = option(0.0, "minutes to train: the run ends when they are spent (or at `steps`, if "
+                                "sooner), its steps (and so its schedule) re-estimated at every step from "
+                                "the time measured so far", ">= 0", zero="no budget: train for `steps`")
 
 
 @dataclass
@@ -183,7 +183,8 @@ def train(lm, params: dict, dataset, optimizer, clipper, options: TrainOptions, 
 
 
 class Budget:
-    """How many steps the run has: ``options.steps``, or with a ``time_budget`` as many as fit in it.
+    """How many steps the run has: ``options.steps``, or with a ``time_budget`` as many as fit in it
+    (at most ``options.steps``: whichever limit comes first ends the run).
 
     With a budget, ``steps`` is re-estimated after every step from the wall time the run has spent in
     the loop so far (training, evaluations, samples; a resumed run counts its earlier part, kept in
@@ -193,7 +194,7 @@ class Budget:
 
     def __init__(self, options: TrainOptions, hist: History):
         self.budget = options.time_budget * 60.0
-        self.steps = options.steps
+        self.steps = self.limit = options.steps
         self.hist = hist
         self.start = time.perf_counter() - hist.wall_seconds
         self.first = None      # (step, elapsed) when the first step of this call ended
@@ -208,7 +209,7 @@ class Budget:
             self.first = (step, elapsed)
         elif step > self.first[0]:
             per_step = (elapsed - self.first[1]) / (step - self.first[0])
-            self.steps = step + 1 + max(0, int((self.budget - elapsed) / per_step))
+            self.steps = min(self.limit, step + 1 + max(0, int((self.budget - elapsed) / per_step)))
         return elapsed >= self.budget or step >= self.steps - 1
 
 

@@ -215,14 +215,19 @@ def test_time_budget_stretches_the_schedule_over_the_budget():
 
     budget = 0.04     # minutes: 2.4 s
     t0 = time.perf_counter()
-    hist = train(lm, params, ds, Adam(0.01), NormClip(5), TrainOptions(steps=10, batch_size=4, eval_every=50,
+    hist = train(lm, params, ds, Adam(0.01), NormClip(5), TrainOptions(steps=10**6, batch_size=4, eval_every=50,
                  sample_every=0, report_samples=0, time_budget=budget), schedule=Cosine(warmup=0), callbacks=[Lr()])
     took = time.perf_counter() - t0
-    assert len(hist.step) > 10                          # the budget, not `steps`, decides
+    assert 10 < len(hist.step) < 10**6                  # the budget, not `steps`, decides
     assert 0.9 * budget * 60 <= hist.wall_seconds <= took and took < budget * 60 + 2
     assert lrs[-1][0] < 0.05 * 0.01                     # the cosine ends at the end of the budget …
     assert lrs[-1][1] == pytest.approx(len(hist.step), rel=0.01)   # … where its last estimate of the steps ends
-    assert lrs[0][1] == 10 and max(s for _, s in lrs) > 10
+    assert lrs[0][1] == 10**6 and lrs[2][1] < 10**6     # the first guess, then the estimate
+    # `steps` stays a limit: whichever comes first ends the run
+    short = train(lm, lm.init_params(np.random.default_rng(0)), ds, Adam(0.01), NormClip(5),
+                  TrainOptions(steps=12, batch_size=4, eval_every=50, sample_every=0, report_samples=0,
+                               time_budget=budget), schedule=Cosine(warmup=0))
+    assert short.step == list(range(12)) and short.eval_step == [11]
     assert hist.eval_step[-1] == hist.step[-1]          # the last step is evaluated
 
 
