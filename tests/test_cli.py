@@ -217,7 +217,7 @@ BAD = [
     (["+cell.hiden_size=3"], "Unknown key cell.hiden_size"),
     (["cell.hiden_size=3"], "Did you mean cell.hidden_size?"),
     (["stpes=3"], "Unknown key 'stpes' in the override 'stpes=3'. Allowed keys: lr, steps"),
-    (["optimizer=sgd", "optimizer.beta1=0.5"], "optimizer 'sgd' has the keys lr, name"),
+    (["optimizer=sgd", "optimizer.beta1=0.5"], "optimizer 'sgd' has the keys ema, lr, name"),
     (["data=lines", "data.path=/no/such/file.txt"], "data file not found: '/no/such/file.txt'"),
     (["batch_size=5000"], "batch_size=5000 is larger than the 1199 training lines"),
     (["dtype=float16"], "dtype must be float32 or float64"),
