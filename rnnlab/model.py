@@ -217,7 +217,7 @@ class CharLM:
             inp = hs if units[k + 1] is None else hs * units[k + 1]
         logits = inp @ params["Wy"]
         logits += params["by"]
-        return (logits, final), (caches, inp, units, ids, lay, hs)
+        return (logits, final), (caches, inp, units, ids, hs, lay)
 
     def internals(self, params, x, state0=None):
         """What the network computes inside, for looking at it: ``(logits (T, B, V), layers)`` where
@@ -243,7 +243,7 @@ class CharLM:
         scale (characters, or sequences) plus the ``ar``/``tar`` penalties, with the masks ``drop``."""
         lay = Layout(mask, *x.shape)
         drop = _as_masks(drop)
-        (logits, _), (_, top, _, _, lay, raw) = self._forward(self.masked(params, drop), x, lay, state0,
+        (logits, _), (_, top, _, _, raw, lay) = self._forward(self.masked(params, drop), x, lay, state0,
                                                               drop and drop.units)
         n = _characters(x, mask)
         total, _ = self._nll(logits, lay.pack(y))
@@ -340,7 +340,7 @@ class CharLM:
         """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale +
         penalties (normalised by the whole batch's ``n`` characters), final state, gradient of the
         initial state)."""
-        (logits, final), (caches, top, units, ids, lay, raw) = self._forward(params, x, lay, state0, units)
+        (logits, final), (caches, top, units, ids, raw, lay) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
         total, logp = self._nll(logits, y)
         # d loss / d logits = (softmax - onehot) / scale

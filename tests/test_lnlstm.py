@@ -174,7 +174,7 @@ def test_gradcheck_two_layer_model_with_dropout_state_and_final_state_gradient(e
     state0 = [tuple(rng.normal(0, 0.5, (Bm, 5)) for _ in s) for s in lm.initial_state(Bm)]
     dstate = [tuple(rng.normal(0, 0.5, (Bm, 5)) for _ in s) for s in lm.initial_state(Bm)]
     drop = lm.dropout_masks(np.random.default_rng(3), Tm, Bm)
-    assert any((d == 0).any() for d in drop if d is not None)
+    assert any((d == 0).any() for d in drop.units if d is not None)
 
     def total():
         loss, final = lm.loss(params, x, y, mask, state0, drop)

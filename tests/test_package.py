@@ -72,7 +72,7 @@ def test_readme_plugin_example_registers_and_optimizes():
         np.testing.assert_allclose(params["w"], [0.5, -0.5])
         # its dataclass is the one declaration of its options: the config group's option is made from it
         from rnnlab.config import option_nodes
-        assert option_nodes()["optimizer"]["signsgd"] == {"name": "signsgd", "lr": "${lr}", "weight_decay": 0.0,
+        assert option_nodes()["optimizer"]["signsgd"] == {"name": "signsgd", "lr": "${lr}", "weight_decay": 0.0, "ema": 0.0,
                                                           "scale": 1.0}
     finally:
         OPTIMIZERS._items.pop("signsgd", None)
