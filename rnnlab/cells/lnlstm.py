@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..registry import CELLS
+from .lstm import gate_factors
 from .base import (Cell, Packing, RecurrentBackward, as_gates, final_states, gate_major, grad_buffer, onehot,
                    project_step, sigmoid, tanh_to_sigmoid)
 
@@ -188,22 +189,7 @@ class LNLSTM(Cell):
         ``du_t = dh_t * A_t``, A = o (1 - tanh²) (u = LN(c) gc + bc), and
         d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh(u) o(1-o), i (1-g²)).
         Q is built in the gradient buffer dz (4, N, H), multiplied in place at each step. Returns (dz, A)."""
-        z, tc, dt = cache.z, cache.tc, cache.z.dtype
-        i, f, o, g = z
-        A = self.workspace("A", tc.shape, dt)
-        np.multiply(tc, tc, out=A)
-        np.subtract(1, A, out=A)
-        A *= o
-        dz = self.workspace("dz", z.shape, dt)
-        np.subtract(1, z[:3], out=dz[:3])
-        dz[:3] *= z[:3]                                # s (1 - s) of i, f, o
-        dz[0] *= g
-        dz[1] *= cache.pk.previous(cache.cs)
-        dz[2] *= tc
-        np.multiply(g, g, out=dz[3])
-        np.subtract(1, dz[3], out=dz[3])
-        dz[3] *= i
-        return dz, A
+        return gate_factors(self, cache.z, cache.tc, cache.pk.previous(cache.cs))
 
     def _backward_steps(self, cache: LNCache, dhs, dstate, dz, A, dr, du, dh_steps):
         """Backpropagation through time: turns the factors in ``dz`` into the gradients of the gates'

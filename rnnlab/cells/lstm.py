@@ -75,23 +75,7 @@ class LSTM(Cell):
         B, dt = pk.B, z.dtype
         H = tanh_c.shape[1]
         i, f, o, g = z
-        # For all rows at once, the factors that do not depend on the incoming gradient:
-        #   dc_t += dh_t * A_t,  A = o (1 - tanh²c)
-        #   d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh c o(1-o), i (1-g²))
-        # Q is built in the gradient buffer dz (4, N, H) and multiplied in place at each step.
-        A = self.workspace("A", tanh_c.shape, dt)
-        np.multiply(tanh_c, tanh_c, out=A)
-        np.subtract(1, A, out=A)
-        A *= o
-        dz = self.workspace("dz", z.shape, dt)
-        np.subtract(1, z[:3], out=dz[:3])
-        dz[:3] *= z[:3]                                # s (1 - s) of i, f, o
-        dz[0] *= g
-        dz[1] *= pk.previous(cs)
-        dz[2] *= tanh_c
-        np.multiply(g, g, out=dz[3])
-        np.subtract(1, dz[3], out=dz[3])
-        dz[3] *= i
+        dz, A = gate_factors(self, z, tanh_c, pk.previous(cs))
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
@@ -127,3 +111,29 @@ class LSTM(Cell):
         np.tanh(z[:, 3 * H:], out=z[:, 3 * H:])
         c = z[:, H:2 * H] * c + z[:, :H] * z[:, 3 * H:]
         return z[:, 2 * H:3 * H] * np.tanh(c), c
+
+
+def gate_factors(cell: Cell, z, tanh_c, c_prev):
+    """For all rows at once, the factors of an LSTM's backward pass that do not depend on the incoming
+    gradient, from the activated gates z (4, N, H), the tanh of the cell output (N, H) and c_{t-1} (N, H):
+
+        dc_t += dh_t * A_t,  A = o (1 - tanh²)
+        d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh o(1-o), i (1-g²))
+
+    Q is built in the gradient buffer dz (4, N, H) (a workspace of ``cell``), multiplied in place at each
+    step. Returns (dz, A)."""
+    i, f, o, g = z
+    A = cell.workspace("A", tanh_c.shape, z.dtype)
+    np.multiply(tanh_c, tanh_c, out=A)
+    np.subtract(1, A, out=A)
+    A *= o
+    dz = cell.workspace("dz", z.shape, z.dtype)
+    np.subtract(1, z[:3], out=dz[:3])
+    dz[:3] *= z[:3]                                # s (1 - s) of i, f, o
+    dz[0] *= g
+    dz[1] *= c_prev
+    dz[2] *= tanh_c
+    np.multiply(g, g, out=dz[3])
+    np.subtract(1, dz[3], out=dz[3])
+    dz[3] *= i
+    return dz, A
