@@ -156,6 +156,7 @@ def test_named_experiments_compose_from_conf(tmp_path):
     assert names["cell"]["num_layers"] == 2 and names["cell"]["weight_dropout"] == 0.3 and names["time_budget"] == 20
     text = yaml.safe_load(cli(["experiment=shakespeare", "data.path=t.txt", "--cfg", "job"], tmp_path).stdout)
     assert text["data"]["kind"] == "text" and text["data"]["seq_len"] == 100 and text["batch_size"] == 32
+    assert text["cell"]["name"] == "lnlstm" and text["time_budget"] == 30
     hydra = yaml.safe_load(cli(["experiment=compare_cells", "--cfg", "hydra"], tmp_path).stdout)
     assert hydra["hydra"]["mode"] == "MULTIRUN"
     assert hydra["hydra"]["sweeper"]["params"] == {"cell": "rnn,lstm,gru", "seed": "0,1,2"}
