@@ -3,6 +3,7 @@ validation loss, and a PNG of their validation curves.
 
     python -m rnnlab.compare sweep=<sweep id>                 # the trials of one -m sweep
     python -m rnnlab.compare experiment=<name>                # every finished run of an experiment
+    python -m rnnlab.compare experiment=<name> x=minutes      # the curves against wall-clock minutes
 
 Only the parameters that vary between the runs are shown, with the best and the final validation loss,
 the speed (characters trained on per second of training step) and the seconds of training steps: both
@@ -28,6 +29,8 @@ ARGS = {"sweep": "the sweep id the sweep printed (its MLflow parent run id)",
         "experiment": "an MLflow experiment: its runs (not sweeps' parent runs)",
         "tracking.uri": "the store (default: ./mlflow.db), or http://host:5000",
         "plot": "where the PNG of the validation curves goes (default: compare-<id>.png here)",
+        "x": "the curves' x axis: step (default) or minutes (wall clock since the run started, evaluations "
+             "included: for runs with a time_budget)",
         "markdown": "also write the table to this Markdown file"}
 
 
@@ -49,6 +52,8 @@ def parse(argv: list[str]) -> dict:
         opts[key] = value
     if ("sweep" in opts) == ("experiment" in opts):
         raise ConfigError("give exactly one of sweep=<sweep id> or experiment=<name>")
+    if opts.get("x", "step") not in X_AXES:
+        raise ConfigError(f"x={opts['x']!r} is not an x axis; allowed: {', '.join(X_AXES)}")
     return opts
 
 
@@ -75,6 +80,7 @@ def collect(client, opts):
 
 
 NAN = float("nan")
+X_AXES = {"step": "step", "minutes": "wall-clock minutes since the run started (training and evaluation)"}
 
 
 def table(client, runs) -> tuple[list[str], list[dict]]:
@@ -98,7 +104,7 @@ def table(client, runs) -> tuple[list[str], list[dict]]:
         status = r.info.status
         if status == "RUNNING" and process_state(r) == "gone":
             status = "STALE"
-        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": status,
+        rows.append({"run": r.info.run_name, "id": r.info.run_id, "status": status, "start": r.info.start_time,
                      **{k: r.data.params.get(k, "") for k in varying},
                      "val_nll": m.get("val_nll", NAN), "best_val_nll": m.get("best_val_nll", m.get("val_nll", NAN)),
                      "chars/s": chars_per_sec, "seconds": seconds})
@@ -125,7 +131,15 @@ def markdown(varying, rows) -> str:
     return "\n".join(lines)
 
 
-def plot(client, varying, rows, path: Path, title: str) -> Path:
+def curve(client, row, x: str = "step") -> tuple[list, list]:
+    """(x, validation losses) of one run of ``table``'s rows; x its steps or, for ``x="minutes"``, the
+    wall-clock minutes from the run's start to each evaluation."""
+    hist = sorted(client.get_metric_history(row["id"], "val_nll"), key=lambda m: m.step)
+    xs = [m.step for m in hist] if x == "step" else [(m.timestamp - row["start"]) / 60000 for m in hist]
+    return xs, [m.value for m in hist]
+
+
+def plot(client, varying, rows, path: Path, title: str, x: str = "step") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -133,16 +147,15 @@ def plot(client, varying, rows, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     lows, highs = [], []
     for row in rows:
-        hist = sorted(client.get_metric_history(row["id"], "val_nll"), key=lambda m: m.step)
-        if hist:
+        xs, values = curve(client, row, x)
+        if values:
             label = ", ".join(f"{k}={_short(row[k])}" for k in varying if row[k] != "") or row["run"]
-            values = [m.value for m in hist]
             lows.append(min(values))
             highs.append(max(values))
-            ax.plot([m.step for m in hist], values, marker=".", label=label)
+            ax.plot(xs, values, marker=".", label=label)
     if lows and min(lows) > 0 and max(highs) / min(lows) > 10:
         ax.set_yscale("log")  # a diverged run would flatten every other curve
-    ax.set_xlabel("step")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel("validation loss (nats/char)")
     ax.set_title(title[:90], fontsize=9)
     ax.grid(alpha=0.3)
@@ -173,7 +186,7 @@ def main(argv=None):
          f"characters trained on per second of training step, and those seconds\n")
     emit(text)
     tag = opts.get("sweep", opts.get("experiment"))[:8]
-    png = plot(client, varying, rows, Path(opts.get("plot", f"compare-{tag}.png")), title)
+    png = plot(client, varying, rows, Path(opts.get("plot", f"compare-{tag}.png")), title, opts.get("x", "step"))
     emit(f"\nvalidation curves: {png.resolve()}")
     stale = [row["id"] for row in rows if row["status"] == "STALE"]
     if stale:

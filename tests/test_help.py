@@ -74,7 +74,7 @@ def test_inspect_and_compare_help(tmp_path):
     assert "views=all" in out.stdout and "checkpoint=null" in out.stdout and "\n  cell " not in out.stdout
     out = cli(["--help"], tmp_path, module="rnnlab.compare")
     assert out.returncode == 0 and out.stderr == "", out.stderr
-    for key in ("sweep=", "experiment=", "tracking.uri=", "plot=", "markdown="):
+    for key in ("sweep=", "experiment=", "tracking.uri=", "plot=", "markdown=", "x="):
         assert key in out.stdout, key
     bad = cli(["--verbose"], tmp_path, module="rnnlab.compare")
     assert bad.returncode == 2 and "unknown argument '--verbose'" in bad.stderr and "--help" in bad.stderr

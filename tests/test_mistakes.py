@@ -150,7 +150,7 @@ def test_generate_options_with_bad_values(key, checkpoint, monkeypatch, tmp_path
             assert code == 2, f"{case} was accepted"
 
 
-@pytest.mark.parametrize("key", ["sweep", "experiment", "tracking.uri", "plot", "markdown", "unknown"])
+@pytest.mark.parametrize("key", ["sweep", "experiment", "tracking.uri", "plot", "markdown", "x", "unknown"])
 def test_compare_options_with_bad_values(key, monkeypatch, tmp_path):
     from rnnlab.compare import main
     for value in VALUES:

@@ -81,6 +81,18 @@ def test_multirun_nests_trials_under_one_parent(tmp_path):
         assert float(seconds) == pytest.approx(m["train_seconds"], abs=0.05)
         assert m["train_chars"] >= 30 * 32 * 4   # 30 steps of 32 names, each 3+ letters and its end
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same curves against wall-clock minutes (for time budgets): from the run's start to each evaluation
+    minutes = cli([f"sweep={parent.info.run_id}", "x=minutes", f"plot={tmp_path / 'minutes.png'}"], tmp_path,
+                  module="rnnlab.compare")
+    assert minutes.returncode == 0, minutes.stderr
+    assert (tmp_path / "minutes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from rnnlab.compare import curve
+    for t in trials:
+        row = {"id": t.info.run_id, "start": t.info.start_time}
+        steps, losses = curve(store(tmp_path), row)
+        xs, same = curve(store(tmp_path), row, "minutes")
+        assert same == losses and len(xs) == len(steps) > 0 and xs == sorted(xs)
+        assert 0 <= xs[0] and xs[-1] <= (t.info.end_time - t.info.start_time) / 60000
 
 
 @pytest.mark.slow
