@@ -274,10 +274,11 @@ def project_inputs_backward(x, dz, Wx, out=None):
     G, N, H = dz.shape
     dWx = np.empty(Wx.shape, dz.dtype) if out is None else out["Wx"]
     db = np.empty(G * H, dz.dtype) if out is None else out["b"]
-    np.sum(dz, axis=1, out=db.reshape(G, H))
     if np.issubdtype(x.dtype, np.integer):
         np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=as_gates(dWx, G))
+        np.sum(dWx, axis=0, out=db)      # each row has one 1: the sum over rows = the sum of dWx's rows
         return dWx, db, None
+    np.matmul(np.ones(N, dz.dtype), dz, out=db.reshape(G, H))   # the sum over rows, as a product: faster
     np.matmul(x.T, dz, out=as_gates(dWx, G))
     return dWx, db, np.matmul(dz, gate_major(Wx, G).transpose(0, 2, 1)).sum(axis=0)
 

@@ -229,11 +229,13 @@ class LNLSTM(Cell):
         x, xn, sx, params = cache.x, cache.xn, cache.sx, cache.params
         dt = dz.dtype
         db = grads["b"] = grad_buffer(out, "b", params["b"].shape, dt)
-        np.sum(dz, axis=1, out=db.reshape(4, -1))
         dgx = grads["gx"] = grad_buffer(out, "gx", params["gx"].shape, dt)
         dWx = grads["Wx"] = grad_buffer(out, "Wx", params["Wx"].shape, dt)
         if _ids(x):     # the rows of dz summed into the row of Wx (normalised) each came from: (4, V, H)
             dz = np.matmul(onehot(x, params["Wx"].shape[0], dt).T, dz)
+            np.sum(dz, axis=1, out=db.reshape(4, -1))      # (each row of x has one 1)
+        else:
+            np.matmul(np.ones(len(x), dt), dz, out=db.reshape(4, -1))   # the sum over rows, as a product
         np.einsum("knh,knh->kh", dz, xn, out=dgx.reshape(4, -1))
         dxn = dz * _by_gate(params["gx"])
         if _ids(x):
