@@ -42,10 +42,10 @@ from .threads import one_blas_thread, pool
 LN2 = math.log(2.0)
 
 
-def log_softmax(logits, axis=-1):
-    """Log-softmax over ``axis`` (the last by default), stable."""
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+def log_softmax(logits):
+    """Log-softmax over the last axis, stable."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def softmax(logits):
@@ -272,11 +272,18 @@ class CharLM:
         return value, dtop, draw
 
     @staticmethod
-    def _nll(logits, y):
-        """(summed negative log-likelihood in nats, log-probabilities (V, N) in float64) of packed logits
-        (V, N) and targets (N,)."""
-        logp = log_softmax(logits.astype(np.float64, copy=False), axis=0)
-        return -float(logp[y, np.arange(len(y))].sum()), logp
+    def _nll(logits, y, probabilities: bool = False):
+        """(summed negative log-likelihood in nats, the softmax (V, N) in float64 or None) of packed logits
+        (V, N) and targets (N,): log p_y = z_y - max - log Σ exp(z - max), the log taken of N sums only."""
+        shifted = logits.astype(np.float64)                      # a copy, shifted in place
+        shifted -= shifted.max(axis=0)
+        p = np.exp(shifted)
+        sums = p.sum(axis=0)
+        total = float(np.log(sums).sum() - shifted[y, np.arange(len(y))].sum())
+        if not probabilities:
+            return total, None
+        p /= sums
+        return total, p
 
     def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None, rng=None, drop=None,
                        return_dstate0=False):
@@ -344,11 +351,11 @@ class CharLM:
         initial state)."""
         (logits, final), (caches, top, units, ids, raw, lay) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
-        total, logp = self._nll(logits, y)
-        # d loss / d logits = (softmax - onehot) / scale
-        dlogits = np.exp(logp)                                     # (V, N), as the logits
+        total, dlogits = self._nll(logits, y, probabilities=True)
+        # d loss / d logits = (softmax - onehot) / scale, (V, N) as the logits
         dlogits[y, np.arange(len(y))] -= 1
-        dlogits = (dlogits / scale).astype(self.dtype, copy=False)
+        dlogits *= 1.0 / scale
+        dlogits = dlogits.astype(self.dtype, copy=False)
         grads = FlatParams.like(params, fill="empty", dtype=self.dtype)
         np.matmul(top.T, dlogits.T, out=grads["Wy"])
         np.sum(dlogits, axis=1, out=grads["by"])
