@@ -195,14 +195,12 @@ class CharLM:
         lay = Layout(mask, *x.shape)
         drop = _as_masks(drop)
         (logits, final), cache = self._forward(self.masked(params, drop), x, lay, state0, drop and drop.units)
-        return (lay.unpack(logits.T), final), cache
+        return (lay.unpack(logits), final), cache
 
     def _forward(self, params, x, lay, state0, units):
         """The forward pass on the batch's packed rows (see ``cells.base.Packing``), with the dropout
-        masks ``units`` (or None): returns ``((logits (V, N), final state), cache)``; states in column
-        order. ``params`` are the masked ones (``masked``). The logits hold one column per packed row: the
-        softmax's max and sum then run along contiguous rows of N values, several times faster than along
-        the V values of each row of an (N, V) array."""
+        masks ``units`` (or None): returns ``((logits (N, V), final state), cache)``; states in column
+        order. ``params`` are the masked ones (``masked``)."""
         state0 = self.initial_state(lay.B) if state0 is None else state0
         units = [None if d is None else lay.pack(np.broadcast_to(d, (lay.T, lay.B, d.shape[2])))
                  for d in (units or [None] * (self.num_layers + 1))]
@@ -217,8 +215,8 @@ class CharLM:
             caches.append(cache)
             final.append(lay.unsort(state))
             inp = hs if units[k + 1] is None else hs * units[k + 1]
-        logits = np.matmul(params["Wy"].T, inp.T)
-        logits += params["by"][:, None]
+        logits = inp @ params["Wy"]
+        logits += params["by"]
         return (logits, final), (caches, inp, units, ids, hs, lay)
 
     def internals(self, params, x, state0=None):
@@ -228,7 +226,7 @@ class CharLM:
         dropout."""
         lay = Layout(None, *x.shape)
         (logits, _), (caches, *_) = self._forward(params, x, lay, state0, None)
-        return lay.unpack(logits.T), [{k: lay.unpack(v) for k, v in self.cell.internals_packed(c).items()}
+        return lay.unpack(logits), [{k: lay.unpack(v) for k, v in self.cell.internals_packed(c).items()}
                                     for c in caches]
 
     def loss(self, params, x, y, mask=None, state0=None, drop=None):
@@ -274,8 +272,10 @@ class CharLM:
     @staticmethod
     def _nll(logits, y, probabilities: bool = False):
         """(summed negative log-likelihood in nats, the softmax (V, N) in float64 or None) of packed logits
-        (V, N) and targets (N,): log p_y = z_y - max - log Σ exp(z - max), the log taken of N sums only."""
-        shifted = logits.astype(np.float64)                      # a copy, shifted in place
+        (N, V) and targets (N,): log p_y = z_y - max - log Σ exp(z - max), the log taken of N sums only.
+        The work runs on a transposed copy, (V, N): its max and sums over V then run along contiguous rows
+        of N values, several times faster than over the V values of each row of an (N, V) array."""
+        shifted = np.array(logits.T, np.float64, order="C")     # shifted in place
         shifted -= shifted.max(axis=0)
         p = np.exp(shifted)
         sums = p.sum(axis=0)
@@ -352,7 +352,7 @@ class CharLM:
         (logits, final), (caches, top, units, ids, raw, lay) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
         total, dlogits = self._nll(logits, y, probabilities=True)
-        # d loss / d logits = (softmax - onehot) / scale, (V, N) as the logits
+        # d loss / d logits = (softmax - onehot) / scale, transposed: (V, N)
         dlogits[y, np.arange(len(y))] -= 1
         dlogits *= 1.0 / scale
         dlogits = dlogits.astype(self.dtype, copy=False)
