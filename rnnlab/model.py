@@ -272,18 +272,30 @@ class CharLM:
     @staticmethod
     def _nll(logits, y, probabilities: bool = False):
         """(summed negative log-likelihood in nats, the softmax (V, N) in float64 or None) of packed logits
-        (N, V) and targets (N,): log p_y = z_y - max - log Σ exp(z - max), the log taken of N sums only.
-        The work runs on a transposed copy, (V, N): its max and sums over V then run along contiguous rows
-        of N values, several times faster than over the V values of each row of an (N, V) array."""
-        shifted = np.array(logits.T, np.float64, order="C")     # shifted in place
-        shifted -= shifted.max(axis=0)
-        p = np.exp(shifted)
-        sums = p.sum(axis=0)
+        (N, V) and targets (N,): log p_y = z_y - max - log Σ exp(z - max), the log taken of N sums only."""
+        shifted, p, sums = _exponentials(logits)
         total = float(np.log(sums).sum() - shifted[y, np.arange(len(y))].sum())
         if not probabilities:
             return total, None
         p /= sums
         return total, p
+
+    def mc_loss(self, params, x, y, mask=None, states=None, samples: int = 1, rng=None):
+        """Monte Carlo dropout (Gal & Ghahramani 2016): the loss in nats per (unmasked) character of the
+        next-character probabilities averaged over ``samples`` draws of the training masks
+        (``dropout_masks(rng, …)``, each applied as in training). ``states``: the initial state of each
+        draw (a list), or None for zeros. Returns (loss, the final state of each draw)."""
+        lay = Layout(mask, *x.shape)
+        y = lay.pack(y)
+        p_y, finals = np.zeros(len(y)), []
+        for k in range(samples):
+            drop = self.dropout_masks(rng, *x.shape)
+            (logits, final), _ = self._forward(self.masked(params, drop), x, lay, None if states is None else states[k],
+                                               drop and drop.units)
+            _, p, sums = _exponentials(logits)
+            p_y += p[y, np.arange(len(y))] / sums
+            finals.append(final)
+        return -float(np.log(p_y / samples).sum()) / _characters(x, mask), finals
 
     def loss_and_grads(self, params, x, y, mask=None, state0=None, dstate=None, rng=None, drop=None,
                        return_dstate0=False):
@@ -401,6 +413,16 @@ def _characters(x, mask) -> float:
     if n == 0:
         raise ValueError("the batch has no unmasked character")
     return n
+
+
+def _exponentials(logits):
+    """For packed logits (N, V): (z - max, exp(z - max), Σ exp(z - max)), transposed — (V, N), (V, N), (N,) —
+    in float64. Transposed, the max and the sums over V run along contiguous rows of N values, several
+    times faster than over the V values of each row of an (N, V) array."""
+    shifted = np.array(logits.T, np.float64, order="C")
+    shifted -= shifted.max(axis=0)
+    p = np.exp(shifted)
+    return shifted, p, p.sum(axis=0)
 
 
 def _keep(rng, shape, p: float, dtype):

@@ -87,6 +87,9 @@ class Job:
     best_source: Path | None = None    # the best checkpoint of the resumed run, carried into this one
 
 
+MAX_MC_SAMPLES = 1000
+
+
 def prepare(cfg) -> Job:
     """The run's objects, from a config checked against the options' declarations (``ConfigError``,
     ``DataError`` or ``CheckpointError`` on a mistake). A resumed run takes its checkpoint's config,
@@ -116,6 +119,13 @@ def prepare(cfg) -> Job:
         raise ConfigError(str(e)) from None
     except ValueError as e:
         raise ConfigError(f"cell.{e}") from None
+    if settings.mc_samples > MAX_MC_SAMPLES:
+        raise ConfigError(f"mc_samples={settings.mc_samples}: at most {MAX_MC_SAMPLES} draws (each one is a whole "
+                          f"forward pass of every evaluation; 30 already averages well)")
+    if settings.mc_samples and not lm.draws_masks:
+        raise ConfigError(f"mc_samples={settings.mc_samples} averages over draws of the dropout masks, but the model "
+                          f"has no dropout: give cell.dropout, cell.weight_dropout or cell.embedding_dropout, "
+                          f"or mc_samples=0")
     check_memory(lm, ds, settings.batch_size, optimizer)
     job = Job(settings, run_name(cell_opts, cell_name, opt_name, settings.lr),
               Path(hydra_config().runtime.output_dir), tracking, ds, lm,

@@ -41,6 +41,10 @@ class TrainOptions:
     patience: int = option(0, "early stopping: evaluations without improvement before stopping", ">= 0",
                            zero="no early stopping")
     min_delta: float = option(0.0, "the improvement of val_nll that counts", ">= 0")
+    mc_samples: int = option(0, "evaluate by Monte Carlo dropout: validation and test losses (and so the best "
+                             "checkpoint) of the next-character probabilities averaged over this many draws "
+                             "of the training masks; needs dropout", ">= 0",
+                             zero="the network without dropout")
     time_budget: float = option(0.0, "minutes to train: the run ends when they are spent (or at `steps`, if "
                                 "sooner), its steps (and so its schedule) re-estimated at every step from "
                                 "the time measured so far", ">= 0", zero="no budget: train for `steps`")
@@ -103,19 +107,25 @@ class History:
         return min(self.val_nll) if self.val_nll else math.inf
 
 
-def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = None) -> float:
+def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = None, mc_samples: int = 0,
+             seed: int = 0) -> float:
     """Mean negative log-likelihood in nats per character over a whole split.
 
     ``batch_size`` None: the dataset's own choice — 256 names per batch, or running text read as a few
     streams with the state carried along each (every stream starts cold, so many short streams would
-    inflate the loss).
+    inflate the loss). ``mc_samples`` > 0: Monte Carlo dropout (``CharLM.mc_loss``), each draw carrying its
+    own state; the masks come from ``seed`` alone, so every evaluation of a run draws the same ones.
     """
     total, count, state = 0.0, 0.0, None
+    rng = np.random.default_rng([seed, 4]) if mc_samples else None
     batches = dataset.eval_batches(split) if batch_size is None else dataset.eval_batches(split, batch_size)
     for batch in batches:
         if batch.reset:
             state = None
-        loss, state = lm.loss(params, batch.x, batch.y, batch.mask, state)
+        if mc_samples:
+            loss, state = lm.mc_loss(params, batch.x, batch.y, batch.mask, state, mc_samples, rng)
+        else:
+            loss, state = lm.loss(params, batch.x, batch.y, batch.mask, state)
         n = float(batch.mask.sum())
         total += loss * n
         count += n
@@ -265,7 +275,7 @@ class _Loop:
     def evaluate(self, step: int, last: bool) -> bool:
         """Measure the validation loss, keep the best parameters; True when early stopping ends the run."""
         params = self.evaluated()
-        val = evaluate(self.lm, params, self.dataset, "val")
+        val = evaluate(self.lm, params, self.dataset, "val", mc_samples=self.o.mc_samples, seed=self.o.seed)
         self.hist.eval_step.append(step)
         self.hist.val_nll.append(val)
         for cb in self.callbacks:
@@ -299,7 +309,7 @@ class _Loop:
         final = hist.best_params or self.evaluated()
         report = {}
         if self.dataset.num_chars("test") > 0:
-            hist.test_nll = evaluate(self.lm, final, self.dataset, "test")
+            hist.test_nll = evaluate(self.lm, final, self.dataset, "test", mc_samples=o.mc_samples, seed=o.seed)
             report.update(test_nll=hist.test_nll, test_bpc=nats_to_bits(hist.test_nll))
         if o.report_samples and self.names:
             texts = generate(self.lm, final, self.dataset.vocab, self.sampler,

@@ -258,3 +258,74 @@ def test_cli_regularisers_resume_bit_for_bit_and_refuse_bad_values(tmp_path):
                      ("cell.locked_dropout=maybe", "locked_dropout")):
         bad = cli(["tracking=none", arg], tmp_path)
         assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr, (arg, bad.stderr)
+
+
+def test_mc_loss_averages_the_probabilities_of_the_draws(rng):
+    """Monte Carlo dropout: the loss of the next-character probabilities averaged over the draws, each draw
+    the masks ``dropout_masks`` gives (float64, to 1e-12); without dropout it is the plain loss."""
+    x, y, mask = batch(rng)
+    lm = CharLM(V, "lstm", H, num_layers=2, dtype=np.float64, **EACH["all"])
+    params = perturbed(lm, rng)
+    state0 = [lm.initial_state(B) for _ in range(3)]
+    for s in state0:
+        for layer in s:
+            for a in layer:
+                a += rng.normal(0, 0.5, a.shape)
+    loss, finals = lm.mc_loss(params, x, y, mask, state0, samples=3, rng=np.random.default_rng(5))
+    draws, p = np.random.default_rng(5), np.zeros((T, B))
+    for k in range(3):
+        drop = lm.dropout_masks(draws, T, B)
+        (logits, final), _ = lm.forward(params, x, state0[k], mask, drop=drop)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        p += np.take_along_axis(e / e.sum(axis=-1, keepdims=True), y[..., None], axis=-1)[..., 0] / 3
+        for a, b in zip(finals[k], final):
+            for u, v in zip(a, b):
+                np.testing.assert_allclose(u, v, atol=1e-12)
+    assert loss == pytest.approx(-np.log(p[mask != 0]).mean(), rel=1e-12)
+    assert loss != pytest.approx(lm.loss(params, x, y, mask, state0[0])[0], rel=1e-3)   # the draws matter
+    plain = CharLM(V, "lstm", H, num_layers=2, dtype=np.float64)
+    assert plain.mc_loss(params, x, y, mask, samples=2, rng=rng)[0] == pytest.approx(
+        plain.loss(params, x, y, mask)[0], rel=1e-12)
+
+
+def test_mc_evaluation_carries_each_draws_state_and_draws_the_same_masks_each_time():
+    text = "\n".join(["anna", "bob", "otto", "hannah", "ada", "eve", "abba", "pip"] * 6)
+    ds = TextDataset(text, seq_len=8, val_fraction=0.3)
+    lm = CharLM(len(ds.vocab), "gru", 8, dtype=np.float64, dropout=0.3, locked_dropout=True, weight_dropout=0.3)
+    params = perturbed(lm, np.random.default_rng(1))
+    got = evaluate(lm, params, ds, "val", mc_samples=2, seed=7)
+    assert got == evaluate(lm, params, ds, "val", mc_samples=2, seed=7)
+    assert got != evaluate(lm, params, ds, "val", mc_samples=2, seed=8)
+    rng, states, total, count = np.random.default_rng([7, 4]), [None, None], 0.0, 0.0
+    for b in ds.eval_batches("val"):
+        assert not b.reset or count == 0
+        p = 0.0
+        for k in range(2):
+            drop = lm.dropout_masks(rng, *b.x.shape)
+            (logits, states[k]), _ = lm.forward(params, b.x, states[k], b.mask, drop=drop)
+            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            p = p + np.take_along_axis(e / e.sum(axis=-1, keepdims=True), b.y[..., None], axis=-1)[..., 0] / 2
+        total -= np.log(p[b.mask != 0]).sum()
+        count += b.mask.sum()
+    assert got == pytest.approx(total / count, rel=1e-12)
+
+
+def test_training_with_mc_samples_picks_and_tests_by_the_mc_loss(tmp_path):
+    ds = LineDataset("\n".join(["anna", "bob", "otto", "hannah", "ada", "eve", "abba"] * 4), val_fraction=0.2,
+                     test_fraction=0.2)
+    lm = CharLM(len(ds.vocab), "lstm", 16, dropout=0.3, locked_dropout=True)
+    params = lm.init_params(np.random.default_rng(0))
+    hist = train(lm, params, ds, Adam(0.02), NormClip(5), TrainOptions(steps=20, batch_size=4, eval_every=10,
+                 sample_every=0, report_samples=0, mc_samples=4, seed=3))
+    best = hist.best_params
+    assert min(hist.val_nll) == pytest.approx(evaluate(lm, best, ds, "val", mc_samples=4, seed=3), rel=1e-12)
+    assert hist.test_nll == pytest.approx(evaluate(lm, best, ds, "test", mc_samples=4, seed=3), rel=1e-12)
+    assert hist.test_nll != pytest.approx(evaluate(lm, best, ds, "test"), rel=1e-6)
+
+
+def test_cli_mc_samples_needs_dropout_and_a_sane_count(tmp_path):
+    for args, msg in ((["mc_samples=5"], "mc_samples=5 averages over draws of the dropout masks, but the model has "
+                                         "no dropout"),
+                      (["mc_samples=5000", "cell.dropout=0.2"], "mc_samples=5000: at most 1000 draws")):
+        bad = cli(["tracking=none", *args], tmp_path)
+        assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)

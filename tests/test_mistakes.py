@@ -17,7 +17,7 @@ from test_cli import cli
 
 VALUES = ["-1", "0", "99999999999", "abc", "", "é🦖", "nan"]   # negative, zero, huge, non-numeric, empty, non-ASCII
 NUMERIC_TRAIN = ["lr", "steps", "batch_size", "seed", "eval_every", "sample_every", "num_samples", "max_len",
-                 "report_samples", "patience", "min_delta", "threads", "log_every", "checkpoint_every",
+                 "report_samples", "patience", "min_delta", "mc_samples", "threads", "log_every", "checkpoint_every",
                  "gradient_flow_every", "cell.hidden_size", "cell.num_layers", "cell.dropout", "cell.embedding_size",
                  "optimizer.lr", "optimizer.weight_decay", "optimizer.beta1", "optimizer.beta2", "optimizer.eps",
                  "schedule.warmup", "clip.max_norm", "sampler.temperature", "data.val_fraction",
