@@ -165,7 +165,7 @@ def test_named_experiments_compose_from_conf(tmp_path):
     names = yaml.safe_load(cli(["experiment=names", "data.path=names.txt", "--cfg", "job"], tmp_path).stdout)
     assert names["data"]["kind"] == "lines" and names["data"]["test_fraction"] == 0.03122
     assert round(0.03122 * 32033) == 1000 and names["schedule"]["name"] == "cosine" and names["cell"]["name"] == "lnlstm"
-    assert names["cell"]["num_layers"] == 2 and names["cell"]["weight_dropout"] == 0.4 and names["time_budget"] == 20
+    assert names["cell"]["num_layers"] == 2 and names["cell"]["weight_dropout"] == 0.3 and names["time_budget"] == 20
     assert names["mc_samples"] == 30   # validation and test by Monte Carlo dropout
     text = yaml.safe_load(cli(["experiment=shakespeare", "data.path=t.txt", "--cfg", "job"], tmp_path).stdout)
     assert text["data"]["kind"] == "text" and text["data"]["seq_len"] == 100 and text["batch_size"] == 32
