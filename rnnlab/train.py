@@ -117,7 +117,7 @@ def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = N
     own state; the masks come from ``seed`` alone, so every evaluation of a run draws the same ones.
     """
     total, count, state = 0.0, 0.0, None
-    rng = np.random.default_rng([seed, 4]) if mc_samples else None
+    rng = np.random.default_rng([seed, 4, 0]) if mc_samples else None   # a stream of its own
     batches = dataset.eval_batches(split) if batch_size is None else dataset.eval_batches(split, batch_size)
     for batch in batches:
         if batch.reset:

@@ -296,7 +296,7 @@ def test_mc_evaluation_carries_each_draws_state_and_draws_the_same_masks_each_ti
     got = evaluate(lm, params, ds, "val", mc_samples=2, seed=7)
     assert got == evaluate(lm, params, ds, "val", mc_samples=2, seed=7)
     assert got != evaluate(lm, params, ds, "val", mc_samples=2, seed=8)
-    rng, states, total, count = np.random.default_rng([7, 4]), [None, None], 0.0, 0.0
+    rng, states, total, count = np.random.default_rng([7, 4, 0]), [None, None], 0.0, 0.0
     for b in ds.eval_batches("val"):
         assert not b.reset or count == 0
         p = 0.0
