@@ -107,7 +107,7 @@ def test_column_order_does_not_matter(cell, rng):
             np.testing.assert_allclose(v, u[perm], rtol=1e-12)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "lnlstm"])
 def test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(cell, rng):
     lm = _model(cell, dropout=0.3, embedding_size=3)
     params = _perturbed(lm, rng)
@@ -179,12 +179,14 @@ def test_clipping_the_flat_buffer(rng):
     assert np.abs(flat.flat).max() <= 0.1
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_both_forms_of_the_recurrent_product_give_the_gradients(cell, rng, monkeypatch):
-    """The backward pass's per-step product has a rows form (small H) and a column-blocks form (large
-    H): the stacked gradient check holds with either."""
-    from rnnlab.cells.base import RecurrentBackward
-    for rows_max in (0, 10 ** 6):
-        monkeypatch.setattr(RecurrentBackward, "ROWS_MAX_H", rows_max)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lnlstm"])
+def test_both_forms_of_the_recurrent_products_give_the_gradients(cell, rng, monkeypatch):
+    """The per-step products h Wh (forward) and dz Whᵀ (backward) each have two forms, chosen by H
+    (gate blocks or rows forward; rows times a copied Whᵀ or Wh times the rows backward): the stacked
+    gradient check holds with every form."""
+    from rnnlab.cells.base import RecurrentBackward, RecurrentForward
+    for limit in (0, 10 ** 6):
+        monkeypatch.setattr(RecurrentBackward, "ROWS_MAX_H", limit)
+        monkeypatch.setattr(RecurrentForward, "ROWS_MIN_H", limit)
         test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(
             cell, np.random.default_rng(7))

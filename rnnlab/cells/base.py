@@ -213,43 +213,79 @@ class Cell:
 # --------------------------------------------------------------------------- shared building blocks
 # Inside a batch the cells keep their gates gate-major, (G, N, H): each gate of a step is one contiguous
 # (n, H) block, and NumPy's element-wise loops run several times faster on contiguous blocks than on the
-# column slices of (n, G*H) rows. The parameters keep the fused (…, G*H) layout.
+# column slices of (n, G*H) rows. The parameters keep the fused (…, G*H) layout, and so do the LSTM's
+# gate gradients (written there at each step, a gate at a time): every product that follows — dz Whᵀ at
+# each step, dWh, dWx and dx over all rows — is then one product instead of G.
 
 def gate_major(W, G: int):
     """A (D, G*H) weight as a contiguous (G, D, H) copy: ``gate_major(W, G)[k] = W[:, k*H:(k+1)*H]``."""
     return np.ascontiguousarray(as_gates(W, G))
 
 
-class RecurrentBackward:
-    """``back(dz, out)``: ``out[:] = Σ_k dz[k] @ Wh[:, k*H:(k+1)*H]ᵀ``, the gradient that a step's gates
-    (gate-major, (G, n, H)) pass to h_{t-1}, in the faster of two forms measured on this project's machine:
+class RecurrentForward:
+    """``fwd(h)`` → ``h @ Wh`` for a step's previous states h (n, H), gate-major (G, n, H): a view of a
+    buffer of this object, valid until the next call. The faster of two forms measured on this project's
+    machine (experiments/benchmarks/README.md, session 8):
 
-    - up to ``ROWS_MAX_H`` units, the gates copied back into (n, G*H) rows and one product with a
-      contiguous Whᵀ made once per batch;
-    - above, Wh's column blocks times dz[k]ᵀ, summed and transposed: both operands read in place, no
-      transposed copy of Wh (which costs milliseconds at H = 512: a power-of-two stride).
+    - below ``ROWS_MIN_H`` units, G products with Wh's column blocks, written gate-major;
+    - from ``ROWS_MIN_H`` units, one product with the whole Wh into (n, G*H) rows, viewed gate-major
+      (whoever adds it to the gates reads runs of H contiguous values: nearly as fast as a block).
+
+    ``blocks=True`` asks for the first form at any size (for a caller whose work on the result is slow on
+    a strided view, such as a layer norm per gate).
+    """
+    ROWS_MIN_H = 256
+
+    def __init__(self, Wh, G: int, B: int, blocks: bool = False):
+        H = Wh.shape[0]
+        self.G, self.rows_form = G, H >= self.ROWS_MIN_H and not blocks
+        if self.rows_form:
+            self.Wh, self.rows = Wh, np.empty((B, G * H), Wh.dtype)
+        else:
+            self.Wh, self.rec = as_gates(Wh, G), np.empty((G, B, H), Wh.dtype)
+
+    def __call__(self, h):
+        n = len(h)
+        if self.rows_form:
+            return as_gates(np.matmul(h, self.Wh, out=self.rows[:n]), self.G)
+        return np.matmul(h, self.Wh, out=self.rec[:, :n])
+
+
+class RecurrentBackward:
+    """``back(dz, out)``: ``out[:] = dz @ Whᵀ``, the gradient that a step's gates pass to h_{t-1}, from
+    their gradients in rows dz (n, G*H) (the layout of Wh's columns), in the faster of two forms measured on
+    this project's machine:
+
+    - up to ``ROWS_MAX_H`` units, a product with a contiguous Whᵀ made once per batch;
+    - above, ``Wh @ dzᵀ`` (H, n), copied transposed into ``out``: Wh read in place, no transposed copy
+      of it (which costs milliseconds at H = 512: a power-of-two stride).
     """
     ROWS_MAX_H = 256
 
-    def __init__(self, Wh, G: int, B: int):
+    def __init__(self, Wh, B: int):
         H = Wh.shape[0]
         self.rows_form = H <= self.ROWS_MAX_H
         if self.rows_form:
-            self.WhT, self.rows = np.ascontiguousarray(Wh.T), np.empty((B, G * H), Wh.dtype)
+            self.WhT = np.ascontiguousarray(Wh.T)
         else:
-            self.blocks = as_gates(Wh, G)
-            self.prod, self.total = np.empty((G, H, B), Wh.dtype), np.empty((H, B), Wh.dtype)
+            self.Wh, self.cols = Wh, np.empty(H * B, Wh.dtype)
 
     def __call__(self, dz, out):
-        G, n, H = dz.shape
         if self.rows_form:
-            rows = self.rows[:n]
-            np.copyto(rows.reshape(n, G, H), dz.transpose(1, 0, 2))
-            np.matmul(rows, self.WhT, out=out)
+            np.matmul(dz, self.WhT, out=out)
         else:
-            np.matmul(self.blocks, dz.transpose(0, 2, 1), out=self.prod[:, :, :n])
-            np.sum(self.prod[:, :, :n], axis=0, out=self.total[:, :n])
-            np.copyto(out, self.total[:, :n].T)
+            n, H = out.shape
+            cols = np.matmul(self.Wh, dz.T, out=self.cols[:H * n].reshape(H, n))
+            np.copyto(out, cols.T)
+
+
+def gate_rows(cell: "Cell", name: str, a):
+    """A gate-major (G, N, H) array copied into (N, G*H) rows (a workspace of ``cell`` called ``name``),
+    the layout of the fused parameters' columns: their gradients are then one product each."""
+    G, N, H = a.shape
+    rows = cell.workspace(name, (N, G * H), a.dtype)
+    np.copyto(as_gates(rows, G), a)
+    return rows
 
 
 def as_gates(a, G: int):
@@ -268,19 +304,19 @@ def project_inputs(x, Wx, b, G: int):
 
 
 def project_inputs_backward(x, dz, Wx, out=None):
-    """Gradients of ``project_inputs`` from dz (G, N, H): ``(dWx, db, dx)``. For integer
-    ``x`` the gradient is scattered back into rows and ``dx`` is None. ``out``: None, or a dict whose
-    "Wx" and "b" arrays receive dWx and db."""
-    G, N, H = dz.shape
+    """Gradients of ``project_inputs`` from their gradients dz (N, G*H), in rows: ``(dWx, db, dx)``.
+    For integer ``x`` the gradient is scattered back into rows and ``dx`` is None. ``out``: None, or a
+    dict whose "Wx" and "b" arrays receive dWx and db."""
+    N = len(dz)
     dWx = np.empty(Wx.shape, dz.dtype) if out is None else out["Wx"]
-    db = np.empty(G * H, dz.dtype) if out is None else out["b"]
+    db = np.empty(dz.shape[1], dz.dtype) if out is None else out["b"]
     if np.issubdtype(x.dtype, np.integer):
-        np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=as_gates(dWx, G))
+        np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=dWx)
         np.sum(dWx, axis=0, out=db)      # each row has one 1: the sum over rows = the sum of dWx's rows
         return dWx, db, None
-    np.matmul(np.ones(N, dz.dtype), dz, out=db.reshape(G, H))   # the sum over rows, as a product: faster
-    np.matmul(x.T, dz, out=as_gates(dWx, G))
-    return dWx, db, np.matmul(dz, gate_major(Wx, G).transpose(0, 2, 1)).sum(axis=0)
+    np.matmul(np.ones(N, dz.dtype), dz, out=db)   # the sum over rows, as a product: faster
+    np.matmul(x.T, dz, out=dWx)
+    return dWx, db, np.matmul(dz, Wx.T)
 
 
 def onehot(ids, n: int, dtype):

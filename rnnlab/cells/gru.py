@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs,
-                   project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
+from .base import (Cell, as_gates, final_states, gate_rows, grad_buffer, project_inputs, project_inputs_backward,
+                   project_step, RecurrentBackward, RecurrentForward, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("gru")
@@ -34,25 +34,24 @@ class GRU(Cell):
         Returns ((hs (N, H), (h_final,)), cache).
         """
         H, bh = params["Wh"].shape[0], params["bh"]
-        Wh = as_gates(params["Wh"], 3)                                  # (3, H, H) view
         z = project_inputs(x, params["Wx"], params["b"], 3)             # (3, N, H) → r, u, n in place
         r_, u, cand = z
         B, dt = pk.B, z.dtype
         hs = np.empty((B + pk.N, H), dt)
         hs[:B] = state0[0]
         hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
-        hw = np.empty((3, B, H), dt)
+        recurrent = RecurrentForward(params["Wh"], 3, B)             # h_{t-1} Wh, (3, n, H)
         rn = np.empty((B, H), dt)
         p = 0
         for s, n in pk.steps:
             h, r, e = hs[p:p + n], B + s, s + n
-            np.matmul(h, Wh, out=hw[:, :n])
+            hw = recurrent(h)
             ru = z[:2, s:e]
-            ru += hw[:2, :n]
+            ru += hw[:2]
             ru *= 0.5                            # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for both gates
             np.tanh(ru, out=ru)
             tanh_to_sigmoid(ru)
-            np.add(hw[2, :n], bh, out=hn[s:e])
+            np.add(hw[2], bh, out=hn[s:e])
             np.multiply(r_[s:e], hn[s:e], out=rn[:n])
             c = cand[s:e]
             c += rn[:n]
@@ -83,9 +82,9 @@ class GRU(Cell):
         hprev = pk.previous(hs)
         # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dn = dh (1-u)(1-n²),  du = dh (h_{t-1} - n) u (1-u),  dr = dn hn r (1-r)
-        # built in the gradient buffer dxp (3, N, H) and multiplied in place at each step.
-        dxp = self.workspace("dxp", z.shape, dt)   # gradients of the input-side pre-activations
-        dhw = self.workspace("dhw", z.shape, dt)   # gradients of h Wh (+ bh)
+        # built in the gradient buffer dxp (3, N, H) of the input-side pre-activations and multiplied in
+        # place at each step, and dhw (3, N, H), that of h Wh (+ bh).
+        dxp = self.workspace("dxp", z.shape, dt)
         fr, fu, fn = dxp
         np.subtract(1, r, out=fr)
         fr *= r
@@ -96,10 +95,12 @@ class GRU(Cell):
         np.multiply(n_, n_, out=fn)
         np.subtract(1, fn, out=fn)
         fn *= 1 - u
+        dhw = self.workspace("dhw", z.shape, dt)
+        rows = np.empty((B, 3 * H), dt)         # a step's dhw in rows, the layout of Wh's columns
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
-        back, direct = RecurrentBackward(params["Wh"], 3, B), np.empty((B, H), dt)
+        back, direct = RecurrentBackward(params["Wh"], B), np.empty((B, H), dt)
         for s, n in reversed(pk.steps):
             dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw[:, s:s + n], s + n
             dht += dhs[s:e]
@@ -109,14 +110,15 @@ class GRU(Cell):
             d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
             dw[:2] = d[:2]
             np.multiply(d[2], r[s:e], out=dw[2])
-            back(dw, dh_next[:n])
+            np.copyto(as_gates(rows[:n], 3), dw)
+            back(rows[:n], dh_next[:n])
             np.multiply(dht, u[s:e], out=direct[:n])      # + the direct path u * dh
             dh_next[:n] += direct[:n]
             dh, dh_next = dh_next, dh
+        dbh = np.sum(dhw[2], axis=0, out=None if out is None else out["bh"])
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
         np.matmul(hprev.T, dhw, out=as_gates(dWh, 3))
-        dbh = np.sum(dhw[2], axis=0, out=None if out is None else out["bh"])
-        dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"], out)
+        dWx, db, dx = project_inputs_backward(x, gate_rows(self, "dxp rows", dxp), params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,))
 
     def step(self, x_t, state, params):

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..registry import CELLS
 from .lstm import gate_factors
-from .base import (Cell, Packing, RecurrentBackward, as_gates, final_states, gate_major, grad_buffer, onehot,
-                   project_step, sigmoid, tanh_to_sigmoid)
+from .base import (Cell, Packing, RecurrentBackward, RecurrentForward, as_gates, final_states, gate_major,
+                   grad_buffer, onehot, project_step, sigmoid, tanh_to_sigmoid)
 
 EPS = 1e-5
 
@@ -132,18 +132,18 @@ class LNLSTM(Cell):
         """The recurrence, step by step, filling the cache's arrays (see ``forward_packed``)."""
         z, hs, cs, params, pk = cache.z, cache.hs, cache.cs, cache.params, cache.pk
         rn, sr, cn, sc, tc = cache.rn, cache.sr, cache.cn, cache.sc, cache.tc
-        Wh = as_gates(params["Wh"], 4)                            # (4, H, H) view
+        recurrent = RecurrentForward(params["Wh"], 4, pk.B, blocks=True)   # h_{t-1} Wh, (4, n, H)
         gh, gc, bc = _by_gate(params["gh"]), params["gc"], params["bc"]
         i, f, o, g = z
         B, H, dt = pk.B, hs.shape[1], z.dtype
-        rec, ig = np.empty((4, B, H), dt), np.empty((B, H), dt)
+        ig = np.empty((B, H), dt)
         p = 0                                    # first row of the previous step's states
         for s, n in pk.steps:
             zt, r, e = z[:, s:s + n], B + s, s + n
-            np.matmul(hs[p:p + n], Wh, out=rec[:, :n])
-            _, sr[:, s:e] = layer_norm(rec[:, :n], out=rn[:, s:e])
-            np.multiply(rn[:, s:e], gh, out=rec[:, :n])
-            zt += rec[:, :n]
+            rec = recurrent(hs[p:p + n])
+            _, sr[:, s:e] = layer_norm(rec, out=rn[:, s:e])
+            np.multiply(rn[:, s:e], gh, out=rec)
+            zt += rec
             zt[:3] *= 0.5                        # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
             np.tanh(zt, out=zt)
             tanh_to_sigmoid(zt[:3])
@@ -170,11 +170,10 @@ class LNLSTM(Cell):
         """
         params, dt = cache.params, cache.z.dtype
         dz, A = self._gate_factors(cache)
-        dr = self.workspace("dr", cache.rn.shape, dt)   # gradient reaching h_{t-1} Wh, (4, N, H)
+        dr = self.workspace("dr", (cache.pk.N, cache.tc.shape[1] * 4), dt)   # gradient reaching h_{t-1} Wh, rows (N, 4H)
         du = self.workspace("du", cache.tc.shape, dt)   # gradient reaching LN(c_t) gc + bc, (N, H)
         dstate0 = self._backward_steps(cache, dhs, dstate, dz, A, dr, du, dh_steps)
-        dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
-        np.matmul(cache.pk.previous(cache.hs).T, dr, out=as_gates(dWh, 4))
+        dWh = np.matmul(cache.pk.previous(cache.hs).T, dr, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
         dgh = grad_buffer(out, "gh", params["gh"].shape, dt)
         np.einsum("knh,knh->kh", dz, cache.rn, out=dgh.reshape(4, -1))
         dgc = grad_buffer(out, "gc", params["gc"].shape, dt)
@@ -202,9 +201,9 @@ class LNLSTM(Cell):
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next, dct = dh.copy(), np.empty((B, H), dt)
-        back = RecurrentBackward(params["Wh"], 4, B)
+        back = RecurrentBackward(params["Wh"], B)
         for s, n in reversed(pk.steps):
-            dht, dzt, drt, e = dh[:n], dz[:, s:s + n], dr[:, s:s + n], s + n
+            dht, dzt, drt, e = dh[:n], dz[:, s:s + n], as_gates(dr[s:s + n], 4), s + n
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht
@@ -218,7 +217,7 @@ class LNLSTM(Cell):
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
             np.multiply(dzt, gh, out=drt)
             layer_norm_backward(drt, rn[:, s:e], sr[:, s:e], out=drt)
-            back(drt, dh_next[:n])                            # gradient reaching h_{t-1}
+            back(dr[s:e], dh_next[:n])                            # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
         return dh, dc
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs,
-                   project_inputs_backward, project_step, RecurrentBackward, sigmoid, tanh_to_sigmoid)
+from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
+                   project_step, RecurrentBackward, RecurrentForward, sigmoid, tanh_to_sigmoid)
 
 
 @CELLS.register("lstm")
@@ -33,20 +33,18 @@ class LSTM(Cell):
         Returns ((hs (N, H), (h_final, c_final)), cache).
         """
         H = params["Wh"].shape[0]
-        Wh = as_gates(params["Wh"], 4)                                  # (4, H, H) view
         z = project_inputs(x, params["Wx"], params["b"], 4)             # (4, N, H), activated in place
         i, f, o, g = z
         B, dt = pk.B, z.dtype
         hs, cs = np.empty((B + pk.N, H), dt), np.empty((B + pk.N, H), dt)   # initial states, then steps
         hs[:B], cs[:B] = state0
         tanh_c = np.empty((pk.N, H), dt)
-        rec = np.empty((4, B, H), dt)
+        recurrent = RecurrentForward(params["Wh"], 4, B)             # h_{t-1} Wh, (4, n, H)
         ig = np.empty((B, H), dt)
         p = 0                                    # first row of the previous step's states
         for s, n in pk.steps:
             zt, r, e = z[:, s:s + n], B + s, s + n
-            np.matmul(hs[p:p + n], Wh, out=rec[:, :n])
-            zt += rec[:, :n]
+            zt += recurrent(hs[p:p + n])
             zt[:3] *= 0.5                        # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
             np.tanh(zt, out=zt)
             tanh_to_sigmoid(zt[:3])
@@ -75,29 +73,30 @@ class LSTM(Cell):
         B, dt = pk.B, z.dtype
         H = tanh_c.shape[1]
         i, f, o, g = z
-        dz, A = gate_factors(self, z, tanh_c, pk.previous(cs))
+        Q, A = gate_factors(self, z, tanh_c, pk.previous(cs))
+        dz = self.workspace("dz", (pk.N, 4 * H), dt)  # the gates' gradients, in rows: the layout of Wh's columns
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
-        back = RecurrentBackward(params["Wh"], 4, B)
+        back = RecurrentBackward(params["Wh"], B)
         for s, n in reversed(pk.steps):
-            dht, dzt, e = dh[:n], dz[:, s:s + n], s + n
+            dht, e = dh[:n], s + n
+            dzt = as_gates(dz[s:e], 4)                         # (4, n, H) view
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht
             np.multiply(dht, A[s:e], out=dct[:n])
             dct[:n] += dc[:n]                                  # total gradient reaching c_t
-            dzt[:2] *= dct[:n]                                 # i, f
-            dzt[2] *= dht                                      # o
-            dzt[3] *= dct[:n]                                  # g
+            np.multiply(Q[:2, s:e], dct[:n], out=dzt[:2])      # i, f
+            np.multiply(Q[2, s:e], dht, out=dzt[2])            # o
+            np.multiply(Q[3, s:e], dct[:n], out=dzt[3])        # g
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
-            back(dzt, dh_next[:n])                            # gradient reaching h_{t-1}
+            back(dz[s:e], dh_next[:n])                         # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
-        dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
-        np.matmul(pk.previous(hs).T, dz, out=as_gates(dWh, 4))
+        dWh = np.matmul(pk.previous(hs).T, dz, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc))
 
@@ -120,20 +119,19 @@ def gate_factors(cell: Cell, z, tanh_c, c_prev):
         dc_t += dh_t * A_t,  A = o (1 - tanh²)
         d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh o(1-o), i (1-g²))
 
-    Q is built in the gradient buffer dz (4, N, H) (a workspace of ``cell``), multiplied in place at each
-    step. Returns (dz, A)."""
+    Q (4, N, H) and A (N, H) are workspaces of ``cell``. Returns (Q, A)."""
     i, f, o, g = z
     A = cell.workspace("A", tanh_c.shape, z.dtype)
     np.multiply(tanh_c, tanh_c, out=A)
     np.subtract(1, A, out=A)
     A *= o
-    dz = cell.workspace("dz", z.shape, z.dtype)
-    np.subtract(1, z[:3], out=dz[:3])
-    dz[:3] *= z[:3]                                # s (1 - s) of i, f, o
-    dz[0] *= g
-    dz[1] *= c_prev
-    dz[2] *= tanh_c
-    np.multiply(g, g, out=dz[3])
-    np.subtract(1, dz[3], out=dz[3])
-    dz[3] *= i
-    return dz, A
+    Q = cell.workspace("Q", z.shape, z.dtype)
+    np.subtract(1, z[:3], out=Q[:3])
+    Q[:3] *= z[:3]                                 # s (1 - s) of i, f, o
+    Q[0] *= g
+    Q[1] *= c_prev
+    Q[2] *= tanh_c
+    np.multiply(g, g, out=Q[3])
+    np.subtract(1, Q[3], out=Q[3])
+    Q[3] *= i
+    return Q, A

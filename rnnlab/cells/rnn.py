@@ -63,7 +63,7 @@ class RNN(Cell):
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, hs.dtype)
         np.matmul(pk.previous(hs).T, dz, out=dWh)
-        dWx, db, dx = project_inputs_backward(x, dz[None], params["Wx"], out)
+        dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh,))
 
     def step(self, x_t, state, params):
