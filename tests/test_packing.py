@@ -187,6 +187,7 @@ def test_both_forms_of_the_recurrent_products_give_the_gradients(cell, rng, monk
     from rnnlab.cells.base import RecurrentBackward, RecurrentForward
     for limit in (0, 10 ** 6):
         monkeypatch.setattr(RecurrentBackward, "ROWS_MAX_H", limit)
+        monkeypatch.setattr(RecurrentBackward, "SMALL_H", limit)
         monkeypatch.setattr(RecurrentForward, "ROWS_MIN_H", limit)
         test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(
             cell, np.random.default_rng(7))

@@ -256,15 +256,16 @@ class RecurrentBackward:
     their gradients in rows dz (n, G*H) (the layout of Wh's columns), in the faster of two forms measured on
     this project's machine:
 
-    - up to ``ROWS_MAX_H`` units, a product with a contiguous Whᵀ made once per batch;
-    - above, ``Wh @ dzᵀ`` (H, n), copied transposed into ``out``: Wh read in place, no transposed copy
+    - a product with a contiguous Whᵀ made once per batch: up to ``SMALL_H`` units, and up to
+      ``ROWS_MAX_H`` units for batches of at least ``ROWS_MIN_B`` sequences (the copy pays over wide steps);
+    - otherwise ``Wh @ dzᵀ`` (H, n), copied transposed into ``out``: Wh read in place, no transposed copy
       of it (which costs milliseconds at H = 512: a power-of-two stride).
     """
-    ROWS_MAX_H = 256
+    SMALL_H, ROWS_MAX_H, ROWS_MIN_B = 64, 256, 64
 
     def __init__(self, Wh, B: int):
         H = Wh.shape[0]
-        self.rows_form = H <= self.ROWS_MAX_H
+        self.rows_form = H <= self.SMALL_H or (H <= self.ROWS_MAX_H and B >= self.ROWS_MIN_B)
         if self.rows_form:
             self.WhT = np.ascontiguousarray(Wh.T)
         else:
