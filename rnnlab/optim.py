@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
 
+import math
+
 import numpy as np
 
 from .checks import nonnegative as _nonnegative, positive as _positive, unit_interval as _unit
@@ -69,7 +71,7 @@ class Optimizer:
         """Update every parameter that has a gradient, in place: the whole buffer at once when both are
         ``FlatParams`` of one layout, else array by array (the same arithmetic for each entry)."""
         self.t += 1
-        decay = 1 - self.lr * self.weight_decay
+        decay = 1 - float(self.lr) * self.weight_decay     # a Python float (see Adam.update)
         if isinstance(params, FlatParams) and params.same_layout(grads):
             if self.weight_decay:
                 params.flat[:params.n_matrix] *= decay
@@ -227,7 +229,8 @@ class Adam(Optimizer):
         np.multiply(g, g, out=s)
         s *= 1 - self.beta2
         v += s
-        step = self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        # a Python float: a NumPy float64 scalar would run the float32 passes below in float64 (8x slower)
+        step = float(self.lr) * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
         np.sqrt(v, out=s)                 # p -= step * m / (sqrt(v) + eps), without temporaries
         s += self.eps
         np.divide(m, s, out=s)
