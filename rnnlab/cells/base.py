@@ -297,9 +297,11 @@ def as_gates(a, G: int):
 
 def project_inputs(x, Wx, b, G: int):
     """All input projections in one go, gate-major: ``x @ Wx + b`` as (G, N, H). Integer ``x`` (N,) is a
-    one-hot input, so its projection is a row gather of ``Wx``."""
-    Wg = gate_major(Wx, G)
-    z = np.take(Wg, x, axis=1) if np.issubdtype(x.dtype, np.integer) else np.matmul(x, Wg)
+    one-hot input, so its projection is a row gather of ``Wx + b`` (the bias added to Wx's V rows, not to
+    the N gathered ones)."""
+    if np.issubdtype(x.dtype, np.integer):
+        return np.take(as_gates(Wx, G) + b.reshape(G, 1, -1), x, axis=1)
+    z = np.matmul(x, gate_major(Wx, G))
     z += b.reshape(G, 1, -1)
     return z
 
