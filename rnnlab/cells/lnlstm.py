@@ -170,7 +170,7 @@ class LNLSTM(Cell):
         """
         params, dt = cache.params, cache.z.dtype
         dz, A = self._gate_factors(cache)
-        dr = self.workspace("dr", (cache.pk.N, cache.tc.shape[1] * 4), dt)   # gradient reaching h_{t-1} Wh, rows (N, 4H)
+        dr = self.workspace("dr", (cache.pk.N, 4 * cache.tc.shape[1]), dt)   # gradient reaching h_{t-1} Wh, in rows
         du = self.workspace("du", cache.tc.shape, dt)   # gradient reaching LN(c_t) gc + bc, (N, H)
         dstate0 = self._backward_steps(cache, dhs, dstate, dz, A, dr, du, dh_steps)
         dWh = np.matmul(cache.pk.previous(cache.hs).T, dr, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
@@ -217,7 +217,7 @@ class LNLSTM(Cell):
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
             np.multiply(dzt, gh, out=drt)
             layer_norm_backward(drt, rn[:, s:e], sr[:, s:e], out=drt)
-            back(dr[s:e], dh_next[:n])                            # gradient reaching h_{t-1}
+            back(dr[s:e], dh_next[:n])                         # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
         return dh, dc
 
