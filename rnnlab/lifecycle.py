@@ -17,6 +17,7 @@ reason, for a sweep's parent run to close with (``tracking.sweep``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -111,11 +112,10 @@ class SignalStop(Callback):
             if self.interruptible and not self.shielded:
                 raise StopNow(signum)
             self.pending = signum
-            log.warning("received %s again: stopping as soon as the current call returns", signal.Signals(signum).name)
+            _announce(f"received {signal.Signals(signum).name} again: stopping as soon as the current call returns")
             return
         self.received = signum
-        log.warning("received %s: stopping after this step (again to stop at once)",
-                    signal.Signals(signum).name)
+        _announce(f"received {signal.Signals(signum).name}: stopping after this step (again to stop at once)")
 
     def check(self, step: int | None):
         """Raise ``StopNow`` for a kept second signal, ``StopRequested`` if a signal arrived (``step``: the
@@ -130,6 +130,16 @@ class SignalStop(Callback):
 
     def on_step(self, step, metrics):
         self.check(step + 1)
+
+
+def _announce(message: str) -> None:
+    """Tell the user, from inside a signal handler: one unbuffered write to standard error. Not through
+    logging: a signal that arrives while a log handler flushes its stream re-enters that (non-reentrant)
+    buffered stream, and logging then prints the error with a traceback."""
+    try:
+        os.write(2, f"rnnlab: {message}\n".encode())
+    except OSError:
+        pass
 
 
 _early: SignalStop | None = None

@@ -359,3 +359,39 @@ def test_compare_shows_a_run_whose_process_is_gone_as_stale(tmp_path, capsys, mo
     statuses = sorted(line.split("|")[-3].strip() for line in rows.values())
     assert statuses == ["RUNNING", "STALE"]
     assert "1 STALE run(s)" in out and "python -m rnnlab resume=<run id>" in out
+
+
+def test_a_signal_inside_a_log_write_prints_no_traceback(capfd):
+    """A signal can arrive while a log handler is flushing its stream. Python's buffered streams are not
+    reentrant, so a handler that logged would fail inside that flush and logging would print the error
+    with a traceback (seen when SIGTERM landed during a step's log line). The stop is still recorded, and
+    the user is told on standard error."""
+    import io
+    import logging
+
+    from rnnlab.lifecycle import SignalStop
+    stopper, written = SignalStop(), []
+
+    class Raw(io.RawIOBase):          # the file under the buffered stream: the signal lands in its write
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if not written:
+                written.append(b"")
+                stopper._handle(signal.SIGTERM, None)
+            written.append(bytes(data))
+            return len(data)
+
+    handler = logging.StreamHandler(io.TextIOWrapper(io.BufferedWriter(Raw()), line_buffering=True))
+    logger = logging.getLogger("rnnlab")
+    logger.addHandler(handler)
+    try:
+        logger.warning("step 38/60  train_loss 2.1")
+    finally:
+        logger.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert stopper.received == signal.SIGTERM
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert "received SIGTERM: stopping after this step" in err
+    assert b"".join(written).decode().startswith("step 38/60")
