@@ -385,11 +385,16 @@ def test_a_signal_inside_a_log_write_prints_no_traceback(capfd):
 
     handler = logging.StreamHandler(io.TextIOWrapper(io.BufferedWriter(Raw()), line_buffering=True))
     logger = logging.getLogger("rnnlab")
+    saved = logger.disabled, logger.level      # earlier tests' runs may have configured the logger
+    logger.disabled = False
+    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
         logger.warning("step 38/60  train_loss 2.1")
     finally:
         logger.removeHandler(handler)
+        logger.disabled = saved[0]
+        logger.setLevel(saved[1])
     err = capfd.readouterr().err
     assert stopper.received == signal.SIGTERM
     assert "Traceback" not in err and "Logging error" not in err, err
