@@ -191,3 +191,24 @@ def test_both_forms_of_the_recurrent_products_give_the_gradients(cell, rng, monk
         monkeypatch.setattr(RecurrentForward, "ROWS_MIN_H", limit)
         test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(
             cell, np.random.default_rng(7))
+
+
+def test_lstm_gate_factors_step_by_step_or_for_the_whole_batch(rng, monkeypatch):
+    """The LSTM's backward computes its gate factors a step at a time over wide steps and for the whole
+    batch over narrow ones: both give the same gradients, bit for bit, and the stacked gradient check holds
+    with each."""
+    from rnnlab.cells.lstm import LSTM
+    lm = _model("lstm")
+    params = _perturbed(lm, rng)
+    T, B = 6, 4
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = (np.arange(T)[:, None] < np.array([6, 0, 1, 4])).astype(float)
+    state0 = [tuple(rng.normal(0, 0.5, (B, H)) for _ in s) for s in lm.initial_state(B)]
+    grads = {}
+    for limit in (0, 10 ** 9):
+        monkeypatch.setattr(LSTM, "STEP_FACTORS_MIN", limit)
+        grads[limit] = lm.loss_and_grads(params, x, y, mask, state0)[1]
+        test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(
+            "lstm", np.random.default_rng(7))
+    for k in grads[0]:
+        np.testing.assert_array_equal(grads[0][k], grads[10 ** 9][k], err_msg=k)

@@ -188,7 +188,8 @@ class LNLSTM(Cell):
         ``du_t = dh_t * A_t``, A = o (1 - tanh²) (u = LN(c) gc + bc), and
         d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh(u) o(1-o), i (1-g²)).
         Q is built in the gradient buffer dz (4, N, H), multiplied in place at each step. Returns (dz, A)."""
-        return gate_factors(self, cache.z, cache.tc, cache.pk.previous(cache.cs))
+        out = self.workspace("Q", cache.z.shape, cache.z.dtype), self.workspace("A", cache.tc.shape, cache.z.dtype)
+        return gate_factors(cache.z, cache.tc, cache.pk.previous(cache.cs), out)
 
     def _backward_steps(self, cache: LNCache, dhs, dstate, dz, A, dr, du, dh_steps):
         """Backpropagation through time: turns the factors in ``dz`` into the gradients of the gates'

@@ -20,6 +20,8 @@ from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, pr
 class LSTM(Cell):
     gates = 4
     state_size = 2
+    STEP_FACTORS_MIN = 16384     # rows × units of a batch's average step from which the backward's
+                                 # factors are computed step by step (measured: experiments/benchmarks/README.md)
 
     def init(self, input_size, hidden_size, rng, dtype=np.float32):
         """As ``Cell.init``, with the forget-gate bias set to 1 (a common, helpful default)."""
@@ -73,8 +75,17 @@ class LSTM(Cell):
         B, dt = pk.B, z.dtype
         H = tanh_c.shape[1]
         i, f, o, g = z
-        Q, A = gate_factors(self, z, tanh_c, pk.previous(cs))
         dz = self.workspace("dz", (pk.N, 4 * H), dt)  # the gates' gradients, in rows: the layout of Wh's columns
+        # The factors of the gradients that do not depend on the incoming gradient: over wide steps, computed
+        # a step at a time while its rows are in the cache (over a whole batch they spill it); over narrow
+        # ones, for the whole batch at once (a call per step would cost more than it saves).
+        per_step = pk.N * H >= self.STEP_FACTORS_MIN * len(pk.steps)
+        if per_step:
+            Qs, As = self.workspace("Q", (4, B, H), dt), self.workspace("A", (B, H), dt)
+        else:
+            Qs, As = gate_factors(z, tanh_c, pk.previous(cs), (self.workspace("Q", z.shape, dt),
+                                                               self.workspace("A", tanh_c.shape, dt)))
+        firsts = [0] + [B + s for s, _ in pk.steps[:-1]]    # each step's first row of previous states
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
@@ -82,17 +93,21 @@ class LSTM(Cell):
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
         back = RecurrentBackward(params["Wh"], B)
-        for s, n in reversed(pk.steps):
+        for (s, n), p in zip(reversed(pk.steps), reversed(firsts)):
             dht, e = dh[:n], s + n
+            if per_step:
+                Q, A = gate_factors(z[:, s:e], tanh_c[s:e], cs[p:p + n], (Qs[:, :n], As[:n]))
+            else:
+                Q, A = Qs[:, s:e], As[s:e]
             dzt = as_gates(dz[s:e], 4)                         # (4, n, H) view
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht
-            np.multiply(dht, A[s:e], out=dct[:n])
+            np.multiply(dht, A, out=dct[:n])
             dct[:n] += dc[:n]                                  # total gradient reaching c_t
-            np.multiply(Q[:2, s:e], dct[:n], out=dzt[:2])      # i, f
-            np.multiply(Q[2, s:e], dht, out=dzt[2])            # o
-            np.multiply(Q[3, s:e], dct[:n], out=dzt[3])        # g
+            np.multiply(Q[:2], dct[:n], out=dzt[:2])           # i, f
+            np.multiply(Q[2], dht, out=dzt[2])                 # o
+            np.multiply(Q[3], dct[:n], out=dzt[3])             # g
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
             back(dz[s:e], dh_next[:n])                         # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
@@ -112,20 +127,19 @@ class LSTM(Cell):
         return z[:, 2 * H:3 * H] * np.tanh(c), c
 
 
-def gate_factors(cell: Cell, z, tanh_c, c_prev):
-    """For all rows at once, the factors of an LSTM's backward pass that do not depend on the incoming
-    gradient, from the activated gates z (4, N, H), the tanh of the cell output (N, H) and c_{t-1} (N, H):
+def gate_factors(z, tanh_c, c_prev, out):
+    """The factors of an LSTM's backward pass that do not depend on the incoming gradient, for some rows,
+    from their activated gates z (4, N, H), the tanh of their cell output (N, H) and c_{t-1} (N, H):
 
         dc_t += dh_t * A_t,  A = o (1 - tanh²)
         d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh o(1-o), i (1-g²))
 
-    Q (4, N, H) and A (N, H) are workspaces of ``cell``. Returns (Q, A)."""
+    out: (Q (4, N, H), A (N, H)), written. Returns (Q, A)."""
     i, f, o, g = z
-    A = cell.workspace("A", tanh_c.shape, z.dtype)
+    Q, A = out
     np.multiply(tanh_c, tanh_c, out=A)
     np.subtract(1, A, out=A)
     A *= o
-    Q = cell.workspace("Q", z.shape, z.dtype)
     np.subtract(1, z[:3], out=Q[:3])
     Q[:3] *= z[:3]                                 # s (1 - s) of i, f, o
     Q[0] *= g
