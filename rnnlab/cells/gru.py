@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, as_gates, final_states, gate_rows, grad_buffer, project_inputs, project_inputs_backward,
+from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
                    project_step, RecurrentBackward, RecurrentForward, sigmoid, tanh_to_sigmoid)
 
 
@@ -83,7 +83,7 @@ class GRU(Cell):
         # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dn = dh (1-u)(1-n²),  du = dh (h_{t-1} - n) u (1-u),  dr = dn hn r (1-r)
         # built in the gradient buffer dxp (3, N, H) of the input-side pre-activations and multiplied in
-        # place at each step, and dhw (3, N, H), that of h Wh (+ bh).
+        # place at each step, and dhw (N, 3H), that of h Wh (+ bh), in rows.
         dxp = self.workspace("dxp", z.shape, dt)
         fr, fu, fn = dxp
         np.subtract(1, r, out=fr)
@@ -95,14 +95,13 @@ class GRU(Cell):
         np.multiply(n_, n_, out=fn)
         np.subtract(1, fn, out=fn)
         fn *= 1 - u
-        dhw = self.workspace("dhw", z.shape, dt)
-        rows = np.empty((B, 3 * H), dt)         # a step's dhw in rows, the layout of Wh's columns
+        dhw = self.workspace("dhw", (pk.N, 3 * H), dt)   # in rows: the layout of Wh's columns
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
         back, direct = RecurrentBackward(params["Wh"], B), np.empty((B, H), dt)
         for s, n in reversed(pk.steps):
-            dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw[:, s:s + n], s + n
+            dht, d, dw, e = dh[:n], dxp[:, s:s + n], as_gates(dhw[s:s + n], 3), s + n
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht
@@ -110,15 +109,13 @@ class GRU(Cell):
             d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
             dw[:2] = d[:2]
             np.multiply(d[2], r[s:e], out=dw[2])
-            np.copyto(as_gates(rows[:n], 3), dw)
-            back(rows[:n], dh_next[:n])
+            back(dhw[s:e], dh_next[:n])
             np.multiply(dht, u[s:e], out=direct[:n])      # + the direct path u * dh
             dh_next[:n] += direct[:n]
             dh, dh_next = dh_next, dh
-        dbh = np.sum(dhw[2], axis=0, out=None if out is None else out["bh"])
-        dWh = grad_buffer(out, "Wh", params["Wh"].shape, dt)
-        np.matmul(hprev.T, dhw, out=as_gates(dWh, 3))
-        dWx, db, dx = project_inputs_backward(x, gate_rows(self, "dxp rows", dxp), params["Wx"], out)
+        dbh = np.matmul(np.ones(pk.N, dt), dhw[:, 2 * H:], out=grad_buffer(out, "bh", (H,), dt))  # a column sum
+        dWh = np.matmul(hprev.T, dhw, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
+        dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"], out)
         return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,))
 
     def step(self, x_t, state, params):
