@@ -89,12 +89,13 @@ class GRU(Cell):
         np.subtract(1, r, out=fr)
         fr *= r
         fr *= hn
+        tmp = self.workspace("tmp", n_.shape, dt)
         np.subtract(1, u, out=fu)
         fu *= u
-        fu *= hprev - n_
+        fu *= np.subtract(hprev, n_, out=tmp)
         np.multiply(n_, n_, out=fn)
         np.subtract(1, fn, out=fn)
-        fn *= 1 - u
+        fn *= np.subtract(1, u, out=tmp)
         dhw = self.workspace("dhw", (pk.N, 3 * H), dt)   # in rows: the layout of Wh's columns
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
