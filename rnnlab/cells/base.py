@@ -305,17 +305,13 @@ def project_inputs_backward(x, dz, Wx, out=None):
     ``out``: None, or a dict whose "Wx" and "b" arrays receive dWx and db."""
     dWx = np.empty(Wx.shape, dz.dtype) if out is None else out["Wx"]
     db = np.empty(Wx.shape[1], dz.dtype) if out is None else out["b"]
-    if dz.ndim == 3 and np.issubdtype(x.dtype, np.integer):   # gate-major: a product per gate block
-        np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=as_gates(dWx, len(dz)))
-        np.sum(dWx, axis=0, out=db)
+    if np.issubdtype(x.dtype, np.integer):     # gate-major dz: a product per gate block, no copy into rows
+        np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=as_gates(dWx, len(dz)) if dz.ndim == 3 else dWx)
+        np.sum(dWx, axis=0, out=db)      # each row has one 1: the sum over rows = the sum of dWx's rows
         return dWx, db, None
     if dz.ndim == 3:
         dz = np.ascontiguousarray(dz.transpose(1, 0, 2)).reshape(dz.shape[1], -1)   # into rows
     N = len(dz)
-    if np.issubdtype(x.dtype, np.integer):
-        np.matmul(onehot(x, Wx.shape[0], dz.dtype).T, dz, out=dWx)
-        np.sum(dWx, axis=0, out=db)      # each row has one 1: the sum over rows = the sum of dWx's rows
-        return dWx, db, None
     np.matmul(np.ones(N, dz.dtype), dz, out=db)   # the sum over rows, as a product: faster
     np.matmul(x.T, dz, out=dWx)
     return dWx, db, np.matmul(dz, Wx.T)

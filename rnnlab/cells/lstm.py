@@ -85,7 +85,6 @@ class LSTM(Cell):
         else:
             Qs, As = gate_factors(z, tanh_c, pk.previous(cs), (self.workspace("Q", z.shape, dt),
                                                                self.workspace("A", tanh_c.shape, dt)))
-        firsts = [0] + [B + s for s, _ in pk.steps[:-1]]    # each step's first row of previous states
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
@@ -93,9 +92,10 @@ class LSTM(Cell):
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
         back = RecurrentBackward(params["Wh"], B)
-        for (s, n), p in zip(reversed(pk.steps), reversed(firsts)):
+        for s, n in reversed(pk.steps):
             dht, e = dh[:n], s + n
-            if per_step:
+            if per_step:                                       # the step's previous states: rows p … p + n
+                p = pk.prev[s]
                 Q, A = gate_factors(z[:, s:e], tanh_c[s:e], cs[p:p + n], (Qs[:, :n], As[:n]))
             else:
                 Q, A = Qs[:, s:e], As[s:e]
