@@ -129,6 +129,23 @@ def worker(framework, cell, H, B, dtype, steps, repeats):
     print(json.dumps(result))
 
 
+def step_sizes(data) -> list[list[int]]:
+    """n_t of each batch: how many of its sequences are still running at each step, longest first."""
+    lengths = [np.sort(b.mask.sum(axis=0).astype(int))[::-1] for b in data]
+    return [[int((ls > t).sum()) for t in range(ls[0])] for ls in lengths]
+
+
+def median_seconds(f, repeats=7) -> float:
+    """The median time of ``f()`` over ``repeats`` calls, after one warm-up call."""
+    f()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def products_only(cell, H, V, dtype, data, repeats, fastest=False):
     """Trained characters per second if the element-wise work were free: the time of the matrix
     products alone that one training step of these batches needs at the packed shapes rnnlab runs
@@ -144,8 +161,7 @@ def products_only(cell, H, V, dtype, data, repeats, fastest=False):
     WhT = np.ascontiguousarray(Wh.T)
     chars = sum(float(b.mask.sum()) for b in data)
     B = data[0].x.shape[1]
-    sizes = [np.sort(b.mask.sum(axis=0).astype(int))[::-1] for b in data]
-    sizes = [[int((lengths > t).sum()) for t in range(lengths[0])] for lengths in sizes]   # n_t per batch
+    sizes = step_sizes(data)
     N_max = max(sum(n) for n in sizes)
     # operands made once, outside the timed loop (each batch uses its first N rows)
     hs_all, dz_all = np.ones((N_max, H), dtype), np.ones((N_max, G * H), dtype)

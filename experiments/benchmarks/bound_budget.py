@@ -38,22 +38,10 @@ passes, Python's own work, the caches the passes evict — only moves the target
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import bench  # first: it sets the BLAS thread variables before NumPy loads its BLAS
 
 import numpy as np
-
-
-def timed(f, repeats=7):
-    f()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def floors(cell, H, V, sizes, P, dtype):
@@ -64,10 +52,10 @@ def floors(cell, H, V, sizes, P, dtype):
     a, b, c = (rng.standard_normal(P).astype(dtype) for _ in range(3))
     gates, logits = rng.standard_normal((N, G * H)).astype(dtype), rng.standard_normal((N, V)).astype(dtype)
     probs, grad = np.empty_like(logits), np.empty_like(gates)
-    out = {"adam (7 streams of P)": timed(lambda: np.add(a, b, out=c)) * 7 / 3,
-           "clipping (a dot product of P)": timed(lambda: np.dot(a, b)),
-           "exp over the logits": timed(lambda: np.exp(logits, out=probs)),
-           "gates' derivatives (one pass)": timed(lambda: np.multiply(gates, gates, out=grad))}
+    out = {"adam (7 streams of P)": bench.median_seconds(lambda: np.add(a, b, out=c)) * 7 / 3,
+           "clipping (a dot product of P)": bench.median_seconds(lambda: np.dot(a, b)),
+           "exp over the logits": bench.median_seconds(lambda: np.exp(logits, out=probs)),
+           "gates' derivatives (one pass)": bench.median_seconds(lambda: np.multiply(gates, gates, out=grad))}
 
     # per step: preallocated (B, ·) operands, in cache, one call per operation at each n_t
     z, zz = rng.standard_normal((B, G * H)).astype(dtype), rng.standard_normal((B, G * H)).astype(dtype)
@@ -80,7 +68,7 @@ def floors(cell, H, V, sizes, P, dtype):
             for n_t in sizes:
                 for n in n_t:
                     op(n)
-        return timed(run) / len(sizes)
+        return bench.median_seconds(run) / len(sizes)
     add = per_step(lambda n: np.add(z[:n], zz[:n], out=z[:n]))
     folded = (per_step(lambda n: np.matmul(h_aug[:n], W_aug, out=z[:n]))
               - per_step(lambda n: np.matmul(h[:n], Wh, out=z[:n])))
@@ -111,8 +99,7 @@ def main():
     cell, H, B, dtype = args.cell, args.H, args.B, "float32"
     V, data = bench.batches(B, args.batches)
     G = bench.GATES[cell]
-    sizes = [np.sort(b.mask.sum(axis=0).astype(int))[::-1] for b in data]
-    sizes = [[int((lengths > t).sum()) for t in range(lengths[0])] for lengths in sizes]
+    sizes = bench.step_sizes(data)
     N = sum(sum(n) for n in sizes) / len(sizes)                      # trained characters (packed rows) per batch
     P = G * H * (V + H + 1) + H * V + V                              # the one-layer model's parameters
     rate = bench.matmul_rate(dtype)

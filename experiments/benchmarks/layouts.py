@@ -17,9 +17,7 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
-import time
 
 import bench  # first: it sets the BLAS thread variables before NumPy loads its BLAS
 
@@ -35,20 +33,8 @@ B, BATCHES = 32, 8
 
 
 def ms(f, repeats=7):
-    """Median time of f() over ``repeats`` (after one warm-up), in ms."""
-    f()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def step_sizes(data):
-    """n_t of each batch: the sequences still running at each step, longest first."""
-    lengths = [np.sort(b.mask.sum(axis=0).astype(int))[::-1] for b in data]
-    return [[int((ls > t).sum()) for t in range(ls[0])] for ls in lengths]
+    """bench.median_seconds in ms."""
+    return bench.median_seconds(f, repeats) * 1e3
 
 
 def transposed(H, sizes):
@@ -184,7 +170,7 @@ def unit_split(H, sizes, V, data):
 
 def main():
     V, data = bench.batches(B, BATCHES)
-    sizes = step_sizes(data)
+    sizes = bench.step_sizes(data)
     steps = sum(len(n) for n in sizes) / len(sizes)
     print(f"names batches of {B}: {sum(sum(n) for n in sizes) / len(sizes):.0f} characters, {steps:.1f} steps per batch")
     for H in (256, 512):
