@@ -11,6 +11,9 @@
    that way, a barrier per step (a step's h is complete only when both halves are), against one thread;
    and the engine's batch shards (two threads, no per-step synchronisation) against one shard, whole
    training steps.
+3. OpenBLAS without its per-call packing of Wh: the no-copy kernels that NumPy's bundled OpenBLAS exports
+   (``sgemm_direct`` and the small-matrix kernel of its SkylakeX target), called through ctypes on one
+   thread, against NumPy's product on one thread, per batch — skipped where the build has no such symbols.
 
     python experiments/benchmarks/layouts.py            # H = 256 and 512
 """
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import bench  # first: it sets the BLAS thread variables before NumPy loads its BLAS
 
@@ -168,6 +172,43 @@ def unit_split(H, sizes, V, data):
     return out
 
 
+def unpacked_kernels(H, sizes):
+    """Per-step forward products through OpenBLAS's no-copy kernels, if NumPy's OpenBLAS exports them."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "libscipy_openblas*.so"))
+    lib = ctypes.CDLL(libs[0]) if libs else None
+    if lib is None or not hasattr(lib, "sgemm_direct_SKYLAKEX"):
+        return {}
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    direct = lib.sgemm_direct_SKYLAKEX            # row-major C (m, n) = A (m, k) · B (k, n), no copies
+    direct.argtypes, direct.restype = [i64, i64, i64, ptr, i64, ptr, i64, ptr, i64], None
+    small = lib.sgemm_small_kernel_b0_nn_SKYLAKEX  # column-major C = alpha A B (beta 0), no copies
+    small.argtypes, small.restype = [i64, i64, i64, ptr, i64, f32, ptr, i64, ptr, i64], ctypes.c_int
+    rng = np.random.default_rng(0)
+    G = 4 * H
+    W, h = rng.standard_normal((H, G), dtype=np.float32), rng.standard_normal((B, H), dtype=np.float32)
+    out = np.empty((B, G), np.float32)
+    W_, h_, out_ = W.ctypes.data, h.ctypes.data, out.ctypes.data
+    forms = {"NumPy (packs Wh)": lambda n: np.matmul(h[:n], W, out=out[:n]),
+             "sgemm_direct": lambda n: direct(n, G, H, h_, H, W_, G, out_, G),
+             "small-matrix kernel": lambda n: small(G, n, H, W_, G, 1.0, h_, H, out_, G)}
+    for form in forms.values():                   # each computes h W: checked against NumPy's
+        out[:] = 0
+        form(B)
+        assert np.allclose(out, h @ W, rtol=1e-3, atol=1e-2)
+    result = {}
+    with threadpool_limits(1):
+        for name, form in forms.items():
+            def run(form=form):
+                for n_t in sizes:
+                    for n in n_t:
+                        form(n)
+            result[f"forward products, 1 thread: {name}"] = ms(run) / len(sizes)
+    return result
+
+
 def main():
     V, data = bench.batches(B, BATCHES)
     sizes = bench.step_sizes(data)
@@ -175,7 +216,8 @@ def main():
     print(f"names batches of {B}: {sum(sum(n) for n in sizes) / len(sizes):.0f} characters, {steps:.1f} steps per batch")
     for H in (256, 512):
         print(f"\nLSTM H{H} (ms per batch)")
-        for k, v in {**transposed(H, sizes), **unit_split(H, sizes, V, data)}.items():
+        for k, v in {**transposed(H, sizes), **unit_split(H, sizes, V, data),
+                            **unpacked_kernels(H, sizes)}.items():
             print(f"  {k:50s} {v:7.3f}", flush=True)
 
 
