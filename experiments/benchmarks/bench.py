@@ -146,6 +146,18 @@ def median_seconds(f, repeats=7) -> float:
     return statistics.median(times)
 
 
+def seconds_per_batch(op, sizes, repeats=7) -> float:
+    """Median seconds per batch of ``op(s, n)`` called at every step of every batch: ``sizes`` holds the
+    n_t of each batch (``step_sizes``), s is the step's first packed row."""
+    def run():
+        for n_t in sizes:
+            s = 0
+            for n in n_t:
+                op(s, n)
+                s += n
+    return median_seconds(run, repeats) / len(sizes)
+
+
 def products_only(cell, H, V, dtype, data, repeats, fastest=False):
     """Trained characters per second if the element-wise work were free: the time of the matrix
     products alone that one training step of these batches needs at the packed shapes rnnlab runs

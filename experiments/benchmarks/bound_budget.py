@@ -64,11 +64,7 @@ def floors(cell, H, V, sizes, P, dtype):
     h_aug, W_aug = np.ones((B, H + V + 1), dtype), rng.standard_normal((H + V + 1, G * H)).astype(dtype)
 
     def per_step(op):
-        def run():
-            for n_t in sizes:
-                for n in n_t:
-                    op(n)
-        return bench.median_seconds(run) / len(sizes)
+        return bench.seconds_per_batch(lambda s, n: op(n), sizes)
     add = per_step(lambda n: np.add(z[:n], zz[:n], out=z[:n]))
     folded = (per_step(lambda n: np.matmul(h_aug[:n], W_aug, out=z[:n]))
               - per_step(lambda n: np.matmul(h[:n], Wh, out=z[:n])))

@@ -54,13 +54,7 @@ def transposed(H, sizes):
     back = RecurrentBackward(W, B)          # the engine's backward form at this size
 
     def per_batch(step):
-        def run():
-            for n_t in sizes:
-                s = 0
-                for n in n_t:
-                    step(s, n)
-                    s += n
-        return lambda: ms(run) / len(sizes)
+        return lambda: bench.seconds_per_batch(step, sizes) * 1e3
 
     out = {
         "forward product, rows: h Wh (engine)": per_batch(lambda s, n: np.matmul(hs[s:s + n], W, out=rows[:n])),
@@ -113,14 +107,10 @@ def unit_split(H, sizes, V, data):
     rows = np.empty((B, G), np.float32)
 
     def products(Wm):
-        def run():
-            for n_t in sizes:
-                for n in n_t:
-                    np.matmul(hs[:n], Wm, out=rows[:n, :Wm.shape[1]])
-        return run
-    out = {"forward products, whole Wh, 2 BLAS threads": ms(products(W)) / len(sizes)}
+        return bench.seconds_per_batch(lambda s, n: np.matmul(hs[:n], Wm, out=rows[:n, :Wm.shape[1]]), sizes) * 1e3
+    out = {"forward products, whole Wh, 2 BLAS threads": products(W)}
     with threadpool_limits(1):
-        out["forward products, half of Wh, 1 BLAS thread"] = ms(products(halves[0])) / len(sizes)
+        out["forward products, half of Wh, 1 BLAS thread"] = products(halves[0])
 
     def forward(Wm, gates, units, done, scratch):
         """A forward pass's per-step work on some gate columns and units: the product, the add of the
@@ -191,21 +181,17 @@ def unpacked_kernels(H, sizes):
     W, h = rng.standard_normal((H, G), dtype=np.float32), rng.standard_normal((B, H), dtype=np.float32)
     out = np.empty((B, G), np.float32)
     W_, h_, out_ = W.ctypes.data, h.ctypes.data, out.ctypes.data
-    forms = {"NumPy (packs Wh)": lambda n: np.matmul(h[:n], W, out=out[:n]),
-             "sgemm_direct": lambda n: direct(n, G, H, h_, H, W_, G, out_, G),
-             "small-matrix kernel": lambda n: small(G, n, H, W_, G, 1.0, h_, H, out_, G)}
+    forms = {"NumPy (packs Wh)": lambda s, n: np.matmul(h[:n], W, out=out[:n]),
+             "sgemm_direct": lambda s, n: direct(n, G, H, h_, H, W_, G, out_, G),
+             "small-matrix kernel": lambda s, n: small(G, n, H, W_, G, 1.0, h_, H, out_, G)}
     for form in forms.values():                   # each computes h W: checked against NumPy's
         out[:] = 0
-        form(B)
+        form(0, B)
         assert np.allclose(out, h @ W, rtol=1e-3, atol=1e-2)
     result = {}
     with threadpool_limits(1):
         for name, form in forms.items():
-            def run(form=form):
-                for n_t in sizes:
-                    for n in n_t:
-                        form(n)
-            result[f"forward products, 1 thread: {name}"] = ms(run) / len(sizes)
+            result[f"forward products, 1 thread: {name}"] = bench.seconds_per_batch(form, sizes) * 1e3
     return result
 
 
