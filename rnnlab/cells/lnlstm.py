@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..registry import CELLS
-from .lstm import gate_factors
+from .lstm import factor_workspaces, gate_factors
 from .base import (Cell, Packing, RecurrentBackward, RecurrentForward, as_gates, final_states, gate_major,
                    grad_buffer, onehot, project_step, sigmoid, tanh_to_sigmoid)
 
@@ -188,7 +188,7 @@ class LNLSTM(Cell):
         ``du_t = dh_t * A_t``, A = o (1 - tanh²) (u = LN(c) gc + bc), and
         d(i, f, o, g) = (dc_t, dc_t, dh_t, dc_t) * Q,  Q = (g i(1-i), c_{t-1} f(1-f), tanh(u) o(1-o), i (1-g²)).
         Q is built in the gradient buffer dz (4, N, H), multiplied in place at each step. Returns (dz, A)."""
-        out = self.workspace("Q", cache.z.shape, cache.z.dtype), self.workspace("A", cache.tc.shape, cache.z.dtype)
+        out = factor_workspaces(self, *cache.tc.shape, cache.z.dtype)
         return gate_factors(cache.z, cache.tc, cache.pk.previous(cache.cs), out)
 
     def _backward_steps(self, cache: LNCache, dhs, dstate, dz, A, dr, du, dh_steps):

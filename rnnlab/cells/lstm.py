@@ -81,10 +81,9 @@ class LSTM(Cell):
         # ones, for the whole batch at once (a call per step would cost more than it saves).
         per_step = pk.N * H >= self.STEP_FACTORS_MIN * len(pk.steps)
         if per_step:
-            Qs, As = self.workspace("Q", (4, B, H), dt), self.workspace("A", (B, H), dt)
+            Qs, As = factor_workspaces(self, B, H, dt)
         else:
-            Qs, As = gate_factors(z, tanh_c, pk.previous(cs), (self.workspace("Q", z.shape, dt),
-                                                               self.workspace("A", tanh_c.shape, dt)))
+            Qs, As = gate_factors(z, tanh_c, pk.previous(cs), factor_workspaces(self, pk.N, H, dt))
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
@@ -125,6 +124,11 @@ class LSTM(Cell):
         np.tanh(z[:, 3 * H:], out=z[:, 3 * H:])
         c = z[:, H:2 * H] * c + z[:, :H] * z[:, 3 * H:]
         return z[:, 2 * H:3 * H] * np.tanh(c), c
+
+
+def factor_workspaces(cell: Cell, rows: int, H: int, dtype):
+    """The buffers ``gate_factors`` writes for ``rows`` rows: workspaces Q (4, rows, H) and A (rows, H) of ``cell``."""
+    return cell.workspace("Q", (4, rows, H), dtype), cell.workspace("A", (rows, H), dtype)
 
 
 def gate_factors(z, tanh_c, c_prev, out):
