@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import split
 from .cells.base import Layout, scatter_rows
 from .checks import integer, nonnegative, unit_interval
 from .flat import FlatParams
@@ -325,7 +326,14 @@ class CharLM:
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B, int(n))
         used, units = self.masked(params, drop), drop and drop.units
-        if len(shards) == 1:
+        if self.splits_units and units is None and dstate is None and not return_dstate0:
+            lay = Layout(mask, T, B)
+            grads = FlatParams.like(used, fill="empty", dtype=self.dtype)
+            total, final = self._unit_split().loss_and_grads(
+                used, lay.pack(x), lay.pack(y), lay.packing, lay.sort(None if state0 is None else state0[0]),
+                scale, grads)
+            final, dstate0 = [lay.unsort(final)], None
+        elif len(shards) == 1:
             total, grads, final, dstate0 = self._grads(used, x, y, Layout(mask, T, B), state0, dstate, units,
                                                        scale, n)
         else:
@@ -348,6 +356,25 @@ class CharLM:
         loss = total / n
         return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
 
+    @property
+    def splits_units(self) -> bool:
+        """Whether training batches split the hidden units between two processes (``rnnlab.split``; batches
+        with dropout masks of units or a gradient into the final state do not): with ``threads >= 2``,
+        for a cell that supports it, one layer on a one-hot input, no dropout of units, no activation
+        regularisation, an even number of units, on a platform that can."""
+        return (self.threads >= 2 and self.cell.splits_units and self.num_layers == 1 and not self.embedding_size
+                and not self.dropout and not (self.ar or self.tar) and self.hidden_size % 2 == 0
+                and split.available())
+
+    def _unit_split(self) -> "split.UnitSplit":
+        if self.__dict__.get("_split") is None:
+            self._split = split.UnitSplit(self)
+        return self._split
+
+    def __getstate__(self):
+        """Pickled (sweeps, model files) without the unit split's worker process."""
+        return {k: v for k, v in self.__dict__.items() if k != "_split"}
+
     def shards(self, batch: int, positions: int) -> list[slice]:
         """How many shards ``loss_and_grads`` splits a batch of ``batch`` sequences with ``positions`` real
         steps in all into, and their sizes (as slices): at most ``threads``, each with at least
@@ -363,11 +390,7 @@ class CharLM:
         initial state)."""
         (logits, final), (caches, top, units, ids, raw, lay) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
-        total, dlogits = self._nll(logits, y, probabilities=True)
-        # d loss / d logits = (softmax - onehot) / scale, transposed: (V, N)
-        dlogits[y, np.arange(len(y))] -= 1
-        dlogits *= 1.0 / scale
-        dlogits = dlogits.astype(self.dtype, copy=False)
+        total, dlogits = output_gradient(logits, y, scale, self.dtype)
         grads = FlatParams.like(params, fill="empty", dtype=self.dtype)
         np.matmul(top.T, dlogits.T, out=grads["Wy"])
         np.sum(dlogits, axis=1, out=grads["by"])
@@ -400,6 +423,15 @@ class CharLM:
             new_state.append(s)
             inp = s[0]
         return inp @ params["Wy"] + params["by"], new_state
+
+
+def output_gradient(logits, y, scale: float, dtype):
+    """The summed NLL in nats of packed logits (N, V) and targets (N,), and the gradient of NLL / scale
+    with respect to the logits, (softmax - onehot) / scale, transposed: (V, N) in ``dtype``."""
+    total, dlogits = CharLM._nll(logits, y, probabilities=True)
+    dlogits[y, np.arange(len(y))] -= 1
+    dlogits *= 1.0 / scale
+    return total, dlogits.astype(dtype, copy=False)
 
 
 def nats_to_bits(nats: float) -> float:

@@ -143,6 +143,7 @@ class Cell:
 
     gates = 1          # G: blocks of H columns in Wx, Wh, b
     state_size = 1     # number of (B, H) arrays in the state: h, or (h, c)
+    splits_units = False   # whether forward_packed/backward_packed take a ``share`` (see ``rnnlab.split``)
 
     def init(self, input_size: int, hidden_size: int, rng: np.random.Generator, dtype=np.float32):
         """Uniform(-1/sqrt(H), 1/sqrt(H)) weights, zero biases, as the common frameworks do.
@@ -239,12 +240,12 @@ class RecurrentForward:
     ROWS_MIN_H = 256
 
     def __init__(self, Wh, G: int, B: int, blocks: bool = False):
-        H = Wh.shape[0]
+        H, width = Wh.shape          # width G * H, or G times a share of the units (``rnnlab.split``)
         self.G, self.rows_form = G, H >= self.ROWS_MIN_H and not blocks
         if self.rows_form:
-            self.Wh, self.rows = Wh, np.empty((B, G * H), Wh.dtype)
+            self.Wh, self.rows = Wh, np.empty((B, width), Wh.dtype)
         else:
-            self.Wh, self.rec = as_gates(Wh, G), np.empty((G, B, H), Wh.dtype)
+            self.Wh, self.rec = as_gates(Wh, G), np.empty((G, B, width // G), Wh.dtype)
 
     def __call__(self, h):
         n = len(h)
@@ -335,6 +336,16 @@ def scatter_rows(ids, rows, n, out=None):
 def grad_buffer(out, name, shape, dtype):
     """Where a gradient goes: ``out[name]`` if given (a view into a flat buffer), else a new array."""
     return np.empty(shape, dtype) if out is None else out[name]
+
+
+def states(state0, rows: int, H: int, dtype):
+    """The arrays a cell keeps its states in, the B initial ones first: ``(hs, cs, own)``, each (rows, H)
+    with ``state0`` (h0, c0) written, and ``own`` the columns this process computes (all of them; see
+    ``rnnlab.split`` for a share of them)."""
+    arrays = tuple(np.empty((rows, H), dtype) for _ in state0)
+    for a, s0 in zip(arrays, state0):
+        a[:len(s0)] = s0
+    return (*arrays, slice(None))
 
 
 def final_states(arrays, pk: Packing):

@@ -13,13 +13,14 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
-                   project_step, RecurrentBackward, RecurrentForward, sigmoid, tanh_to_sigmoid)
+                   project_step, RecurrentBackward, RecurrentForward, sigmoid, states, tanh_to_sigmoid)
 
 
 @CELLS.register("lstm")
 class LSTM(Cell):
     gates = 4
     state_size = 2
+    splits_units = True
     STEP_FACTORS_MIN = 16384     # rows × units of a batch's average step from which the backward's
                                  # factors are computed step by step (measured: experiments/benchmarks/README.md)
 
@@ -29,17 +30,17 @@ class LSTM(Cell):
         params["b"][hidden_size: 2 * hidden_size] = 1
         return params
 
-    def forward_packed(self, x, state0, params, pk):
-        """x: (N,) ids or (N, D); state0: (h0, c0), each (B, H); pk: the batch's ``Packing``.
+    def forward_packed(self, x, state0, params, pk, share=None):
+        """x: (N,) ids or (N, D); state0: (h0, c0), each (B, H); pk: the batch's ``Packing``; share: None,
+        or this process's ``split.Share`` when the hidden units are split between processes (the params
+        are then its units' columns, and state0 is already in the shared states).
 
         Returns ((hs (N, H), (h_final, c_final)), cache).
         """
-        H = params["Wh"].shape[0]
         z = project_inputs(x, params["Wx"], params["b"], 4)             # (4, N, H), activated in place
         i, f, o, g = z
-        B, dt = pk.B, z.dtype
-        hs, cs = np.empty((B + pk.N, H), dt), np.empty((B + pk.N, H), dt)   # initial states, then steps
-        hs[:B], cs[:B] = state0
+        B, dt, H = pk.B, z.dtype, z.shape[2]
+        hs, cs, own = share.states(B + pk.N) if share else states(state0, B + pk.N, H, dt)
         tanh_c = np.empty((pk.N, H), dt)
         recurrent = RecurrentForward(params["Wh"], 4, B)             # h_{t-1} Wh, (4, n, H)
         ig = np.empty((B, H), dt)
@@ -50,19 +51,21 @@ class LSTM(Cell):
             zt[:3] *= 0.5                        # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
             np.tanh(zt, out=zt)
             tanh_to_sigmoid(zt[:3])
-            c = cs[r:r + n]
-            np.multiply(f[s:e], cs[p:p + n], out=c)
+            c = cs[r:r + n, own]
+            np.multiply(f[s:e], cs[p:p + n, own], out=c)
             np.multiply(i[s:e], g[s:e], out=ig[:n])
             c += ig[:n]
             np.tanh(c, out=tanh_c[s:e])
-            np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n])
+            np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n, own])
+            if share:
+                share.sync()                     # the other process's units of h_t are written
             p = r
-        cache = (x, z, hs, cs, tanh_c, params, pk)
+        cache = (x, z, hs, cs, tanh_c, params, pk, own, share)
         return (hs[B:], final_states((hs, cs), pk)), cache
 
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h, c, the gates i, f, o, g."""
-        x, z, hs, cs, tanh_c, params, pk = cache
+        x, z, hs, cs, tanh_c, params, pk, own, share = cache
         return {"h": hs[pk.B:], "c": cs[pk.B:], **dict(zip("ifog", z))}
 
     def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
@@ -71,7 +74,7 @@ class LSTM(Cell):
 
         Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0, dc0))).
         """
-        x, z, hs, cs, tanh_c, params, pk = cache
+        x, z, hs, cs, tanh_c, params, pk, own, share = cache
         B, dt = pk.B, z.dtype
         H = tanh_c.shape[1]
         i, f, o, g = z
@@ -83,7 +86,7 @@ class LSTM(Cell):
         if per_step:
             Qs, As = factor_workspaces(self, B, H, dt)
         else:
-            Qs, As = gate_factors(z, tanh_c, pk.previous(cs), factor_workspaces(self, pk.N, H, dt))
+            Qs, As = gate_factors(z, tanh_c, pk.previous(cs[:, own]), factor_workspaces(self, pk.N, H, dt))
         # Gradients reaching the state, one row per sequence. A sequence's rows are first written at its
         # last step, so until then they hold the gradient of its final state (see Packing).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
@@ -91,11 +94,13 @@ class LSTM(Cell):
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
         back = RecurrentBackward(params["Wh"], B)
+        if share:
+            back = share.exchanging(back)                      # each process has its gates' part of it
         for s, n in reversed(pk.steps):
             dht, e = dh[:n], s + n
             if per_step:                                       # the step's previous states: rows p … p + n
                 p = pk.prev[s]
-                Q, A = gate_factors(z[:, s:e], tanh_c[s:e], cs[p:p + n], (Qs[:, :n], As[:n]))
+                Q, A = gate_factors(z[:, s:e], tanh_c[s:e], cs[p:p + n, own], (Qs[:, :n], As[:n]))
             else:
                 Q, A = Qs[:, s:e], As[s:e]
             dzt = as_gates(dz[s:e], 4)                         # (4, n, H) view
