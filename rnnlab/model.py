@@ -328,10 +328,8 @@ class CharLM:
         used, units = self.masked(params, drop), drop and drop.units
         if self.splits_units and units is None and dstate is None and not return_dstate0:
             lay = Layout(mask, T, B)
-            grads = FlatParams.like(used, fill="empty", dtype=self.dtype)
-            total, final = self._unit_split().loss_and_grads(
-                used, lay.pack(x), lay.pack(y), lay.packing, lay.sort(None if state0 is None else state0[0]),
-                scale, grads)
+            total, grads, final = self._unit_split().loss_and_grads(
+                used, lay.pack(x), lay.pack(y), lay.packing, lay.sort(None if state0 is None else state0[0]), scale)
             final, dstate0 = [lay.unsort(final)], None
         elif len(shards) == 1:
             total, grads, final, dstate0 = self._grads(used, x, y, Layout(mask, T, B), state0, dstate, units,
@@ -370,6 +368,14 @@ class CharLM:
         if self.__dict__.get("_split") is None:
             self._split = split.UnitSplit(self)
         return self._split
+
+    def update(self, optimizer, params, grads) -> None:
+        """``optimizer.step(params, grads)``; when batches split the units between processes, the step's
+        element-wise passes are split between them too (``split.UnitSplit.update``)."""
+        if self.splits_units:
+            self._unit_split().update(optimizer, params, grads)
+        else:
+            optimizer.step(params, grads)
 
     def __getstate__(self):
         """Pickled (sweeps, model files) without the unit split's worker process."""

@@ -67,16 +67,21 @@ class Optimizer:
             self.buffers[name] = {slot: np.zeros_like(like) for slot in self.slots}
         return self.buffers[name]
 
-    def step(self, params: dict, grads: dict) -> None:
+    def step(self, params: dict, grads: dict, shared=None) -> None:
         """Update every parameter that has a gradient, in place: the whole buffer at once when both are
-        ``FlatParams`` of one layout, else array by array (the same arithmetic for each entry)."""
+        ``FlatParams`` of one layout, else array by array (the same arithmetic for each entry).
+
+        shared: None, or ``shared(optimizer, params, grads, buffers)`` that runs ``update_range`` over
+        the flat buffers' entries split between processes (``rnnlab.split``)."""
         self.t += 1
-        decay = 1 - float(self.lr) * self.weight_decay     # a Python float (see Adam.update)
         if isinstance(params, FlatParams) and params.same_layout(grads):
-            if self.weight_decay:
-                params.flat[:params.n_matrix] *= decay
-            self._update_chunks(params.flat, grads.flat, self._flat_buffers(params))
+            buffers = self._flat_buffers(params)
+            if shared is None:
+                self.update_range(params.flat, grads.flat, buffers, params.n_matrix, 0, params.flat.size)
+            else:
+                shared(self, params, grads, buffers)
             return
+        decay = 1 - float(self.lr) * self.weight_decay     # a Python float (see Adam.update)
         for name, p in params.items():
             if self.weight_decay and p.ndim >= 2:
                 p *= decay
@@ -99,11 +104,15 @@ class Optimizer:
             np.divide(self.buffers[name]["avg"], 1 - self.ema ** self.t, out=out[name])
         return out
 
-    def _update_chunks(self, p, g, buffers):
-        """``update`` on the flat buffers a chunk at a time, so that all its passes over a chunk find it in
-        the cache. (Sharing the chunks out between two threads was measured no faster.)"""
-        for a in range(0, p.size, self.CHUNK):
-            b = a + self.CHUNK
+    def update_range(self, p, g, buffers, n_matrix: int, lo: int, hi: int) -> None:
+        """The step (``t`` already counted) of the entries lo … hi of flat buffers whose first ``n_matrix``
+        entries are weight matrices: their weight decay, then ``update`` a chunk at a time, so that all its
+        passes over a chunk find it in the cache. Element-wise: any split of 0 … n gives the same result.
+        (Sharing the chunks out between two threads was measured no faster; between two processes it is.)"""
+        if self.weight_decay and lo < n_matrix:
+            p[lo:min(hi, n_matrix)] *= 1 - float(self.lr) * self.weight_decay   # a Python float: see Adam.update
+        for a in range(lo, hi, self.CHUNK):
+            b = min(a + self.CHUNK, hi)
             self._update_and_average(p[a:b], g[a:b], {k: v[a:b] for k, v in buffers.items()})
 
     def _flat_buffers(self, params: FlatParams) -> dict:

@@ -30,20 +30,25 @@ exception or a signal in the parent (Ctrl-C) stops the child, and the next batch
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
+import pickle
 import platform
 import signal
 import sys
+import time
 import warnings
 import weakref
 
 import numpy as np
 
 from .cells.base import Packing
+from .flat import FlatParams
 from .threads import one_blas_thread
 
-SPINS_PER_CHECK = 1 << 14     # barrier spins between two checks that the other process is alive
+SPINS = 2000          # a barrier's spins (~0.1 ms) before it gives the core away between its checks
+ALIVE_EVERY = 0.05    # seconds between a waiting barrier's checks that the other process is alive
 
 
 class WorkerDied(RuntimeError):
@@ -76,14 +81,21 @@ class Share:
         return self.a["hs"][:rows], self.a["cs"][:rows], self.own
 
     def sync(self) -> None:
-        """Wait until the other process has reached the same point (both have called ``sync`` as often)."""
+        """Wait until the other process has reached the same point (both have called ``sync`` as often):
+        a spin, then — when the other is late, as when more processes than cores share the machine —
+        a wait that gives the core away between checks, and checks that the other is alive."""
         self.count += 1
         self.mine[0] = self.count
-        other, spins = self.other, 0
+        other = self.other
+        for _ in range(SPINS):
+            if other[0] >= self.count:
+                return
+        checked = time.monotonic()
         while other[0] < self.count:
-            spins += 1
-            if spins % SPINS_PER_CHECK == 0:
+            os.sched_yield()
+            if time.monotonic() - checked > ALIVE_EVERY:
                 self.alive()
+                checked = time.monotonic()
 
     def exchanging(self, back):
         """``back(dz, out)`` (a ``RecurrentBackward`` of this process's columns of Wh) turned into the
@@ -101,135 +113,237 @@ class Share:
 
 
 class UnitSplit:
-    """The two workers of a model (see the module docstring). ``loss_and_grads`` runs a batch."""
-    HEADROOM = 1.25           # shared arrays are made this much larger than the batch that needs them
+    """The two workers of a model (see the module docstring): ``loss_and_grads`` runs a batch, ``update``
+    an optimizer step.
+
+    The child sees the memory that was shared when it was forked: the per-batch arrays (made for a
+    capacity of sequences and steps) and the flat buffers made by ``alloc`` — the parameters (moved
+    there by the first ``update``), the gradients ``loss_and_grads`` returns (one buffer, overwritten by
+    the next call) and the optimizer's moments (made like the parameters). A batch larger than the
+    capacity, or a buffer made since the fork, starts a new child (a few times in a run: measured ~10 ms).
+    """
+    HEADROOM = 1.25           # per-batch arrays are made this much larger than the batch that needs them
+    OPT_BYTES = 1 << 16       # room for the pickled optimizer (its options and step count)
 
     def __init__(self, lm):
         self.lm, self.H = lm, lm.hidden_size
         half = self.H // 2
         self.owns = (slice(0, half), slice(half, self.H))
-        self.child = None
-        self.capacity = (0, 0)
+        self.child, self.capacity = None, (0, 0)
+        self.buffers = weakref.WeakValueDictionary()    # key → a flat buffer in shared memory (``alloc``)
+        self.forked_with = set()                        # the keys the child was forked with
+        self.grads = None
+        self.starts = 0                                 # children started (for tests and benchmarks)
+
+    def alloc(self, n: int, dtype):
+        """A zeroed flat buffer in shared memory that the child can use (``FlatParams(…, alloc=…)``)."""
+        flat = _shared((n,), dtype)
+        self._last_key = getattr(self, "_last_key", 0) + 1      # never reused: the child knows keys by number
+        self.buffers[self._last_key] = flat
+        return flat
+
+    def _key(self, flat) -> int | None:
+        return next((k for k, v in self.buffers.items() if v is flat), None)
 
     # ------------------------------------------------------------------------------ the child process
+    def _ready(self, B: int, N: int, flats) -> list[int]:
+        """A child that can run a batch of B sequences and N steps and sees ``flats``; their keys. (A child
+        that ended between batches — it holds nothing — is replaced.)"""
+        keys = [self._key(f) for f in flats]
+        if self.child is not None and os.waitpid(self.child[0], os.WNOHANG) != (0, 0):
+            self._reaped()
+        if (self.child is None or B > self.capacity[0] or N > self.capacity[1]
+                or not set(keys) <= self.forked_with):
+            self._start(max(B, self.capacity[0]), max(N, self.capacity[1]))
+        return keys
+
     def _start(self, B: int, N: int) -> None:
-        """Shared arrays for batches of up to B sequences and N real steps, and a child that uses them."""
+        """Per-batch arrays for batches of up to B sequences and N real steps, and a child that sees them."""
         self.stop()
         B, N = int(B * self.HEADROOM) + 1, int(N * self.HEADROOM) + 1
-        lm, H, dt = self.lm, self.H, self.lm.dtype
-        G, V, h1 = lm.cell.gates, lm.vocab_size, self.owns[1].stop - self.owns[1].start
+        dt, H = self.lm.dtype, self.H
         self.capacity = (B, N)
-        self.a = a = {"count": _shared((2, 8), np.int64), "ints": _shared((3 + B + 2 * N,), np.int64),
-                      "scale": _shared((1,), np.float64),
-                      "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B, H), dt),
-                      "Wx": _shared((V, G * h1), dt), "Wh": _shared((H, G * h1), dt), "b": _shared((G * h1,), dt),
-                      "Wy": _shared((H, V), dt), "by": _shared((V,), dt),
-                      "dWx": _shared((V, G * h1), dt), "dWh": _shared((H, G * h1), dt), "db": _shared((G * h1,), dt),
-                      "dWy": _shared((h1, V), dt)}
+        self.a = {"count": _shared((2, 8), np.int64), "ints": _shared((16 + B + 2 * N,), np.int64),
+                  "floats": _shared((4,), np.float64), "opt": _shared((self.OPT_BYTES,), np.uint8),
+                  "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B, H), dt)}
+        self.forked_with = set(self.buffers.keys())
         read, write = os.pipe()
         parent = os.getpid()
         with warnings.catch_warnings():     # Python 3.12+ warns of fork in a process with threads: the
             warnings.simplefilter("ignore", DeprecationWarning)    # child only runs NumPy code, no locks
             pid = os.fork()
-        if pid == 0:                        # the child: serve batches until the pipe closes
+        if pid == 0:                        # the child: serve until the pipe closes
             os.close(write)
             self._serve(read, parent)
         os.close(read)
+        self.starts += 1
         self.child = (pid, write)
-        self.share = Share(0, self.owns[0], a, self._child_alive)
+        self.share = Share(0, self.owns[0], self.a, self._child_alive)
         self._finalizer = weakref.finalize(self, _stop, pid, write)
 
     def _serve(self, read: int, parent: int) -> None:
         code = 1
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)            # not the parent's handlers (runs, stores)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)    # the parent's to handle (it then stops this process);
+                                                      # not the parent's handlers (runs, tracking stores)
 
             def parent_alive():
                 if os.getppid() != parent:
                     os._exit(1)
             share = Share(1, self.owns[1], self.a, parent_alive)
             with one_blas_thread():
-                while os.read(read, 1) == b"b":
-                    ints = self.a["ints"]
-                    B, N = int(ints[0]), int(ints[1])
-                    lengths, ids, y = ints[3:3 + B], ints[3 + B:3 + B + N], ints[3 + B + N:3 + B + 2 * N]
-                    p = {k: self.a[k] for k in ("Wx", "Wh", "b", "Wy", "by")}
-                    out = {"Wx": self.a["dWx"], "Wh": self.a["dWh"], "b": self.a["db"], "Wy": self.a["dWy"]}
-                    self._half(share, p, ids, y, Packing(lengths), float(self.a["scale"][0]), out)
+                while True:
+                    op = os.read(read, 1)
+                    ints, floats = self.a["ints"], self.a["floats"]
+                    if op == b"b":
+                        B, N, kp, kg = (int(v) for v in ints[:4])
+                        params, grads = (FlatParams.over(self.buffers[k], self.layout) for k in (kp, kg))
+                        lengths, ids, y = ints[16:16 + B], ints[16 + B:16 + B + N], ints[16 + B + N:16 + B + 2 * N]
+                        self._half(share, params, grads, ids, y, Packing(lengths), float(floats[0]))
+                    elif op == b"u":
+                        size = int(ints[0])
+                        optimizer = pickle.loads(self.a["opt"][:size].tobytes())
+                        p, g, *slots = (self.buffers[int(k)] for k in ints[8:10 + len(optimizer.slots)])
+                        lo, hi, n_matrix = (int(v) for v in ints[1:4])
+                        optimizer.update_range(p, g, dict(zip(optimizer.slots, slots)), n_matrix, lo, hi)
+                        share.sync()
+                    else:
+                        break
             code = 0
         finally:
             os._exit(code)
 
     def _child_alive(self) -> None:
-        pid, _ = self.child
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            self.child = None
-            self.stop()
+        if os.waitpid(self.child[0], os.WNOHANG) != (0, 0):
+            self._reaped()
             raise WorkerDied("the unit split's worker process ended in the middle of a batch")
 
+    def _reaped(self) -> None:
+        """Forget a child that has ended and been reaped (its pid may be reused: never signal it again)."""
+        self._finalizer.detach()
+        self._finalizer = None
+        os.close(self.child[1])
+        self.child = None
+
     def stop(self) -> None:
-        """End the child (if any); the next batch starts a new one."""
+        """End the child (if any); the next call starts a new one."""
         if getattr(self, "_finalizer", None) is not None:
             self._finalizer()
             self._finalizer = None
         self.child = None
 
-    # --------------------------------------------------------------------------------- one batch
-    def loss_and_grads(self, params, ids, y, pk: Packing, state0, scale: float, grads):
-        """Forward and backward of the packed batch (ids, y (N,), initial state in packed order, None for
-        zeros): returns (summed NLL, final state in packed order); ``grads`` (a ``FlatParams`` like
-        ``params``) receives the gradients of the summed NLL / ``scale``."""
-        B, N = pk.B, pk.N
-        if self.child is None or B > self.capacity[0] or N > self.capacity[1]:
-            self._start(B, N)
-        a, G, own1 = self.a, self.lm.cell.gates, self.owns[1]
-        ints = a["ints"]
-        ints[:3] = B, N, 0
-        ints[3:3 + B], ints[3 + B:3 + B + N], ints[3 + B + N:3 + B + 2 * N] = pk.lengths, ids, y
-        a["scale"][0] = scale
-        cell = ("Wx", "Wh", "b")
-        for name in cell:
-            units_of(a[name], G, slice(None))[...] = units_of(params[f"l0.{name}"], G, own1)
-        a["Wy"][...], a["by"][...] = params["Wy"], params["by"]
-        for arr, s0 in zip((a["hs"], a["cs"]), state0 or (0, 0)):
-            arr[:B] = s0
-        p = {name: own_copy(params[f"l0.{name}"], G, self.owns[0]) for name in cell}
-        p["Wy"], p["by"] = params["Wy"], params["by"]
-        out = {name: np.empty_like(p[name]) for name in cell}
-        out["Wy"], out["by"] = grads["Wy"][self.owns[0]], grads["by"]
+    def _run(self, op: bytes, work):
+        """Wake the child for ``op`` and do this process's ``work()``; on any error or signal (Ctrl-C)
+        the child is stopped (the next call starts a new one)."""
         try:
-            os.write(self.child[1], b"b")
+            os.write(self.child[1], op)
             with one_blas_thread():
-                total, final = self._half(self.share, p, ids, y, pk, scale, out)
+                return work()
         except BaseException:
             self.stop()
             raise
-        for name in cell:
-            units_of(grads[f"l0.{name}"], G, self.owns[0])[...] = units_of(out[name], G, slice(None))
-            units_of(grads[f"l0.{name}"], G, own1)[...] = units_of(a["d" + name], G, slice(None))
-        grads["Wy"][own1] = a["dWy"]
-        return total, final
 
-    def _half(self, share: Share, p, ids, y, pk: Packing, scale: float, out):
-        """One worker's part of a batch: its units' forward and backward, the loss, its rows of Wy's
-        gradient (and by's, worker 0), into ``out``. Returns (summed NLL, final state) (worker 0's use)."""
+    # --------------------------------------------------------------------------------- one batch
+    def loss_and_grads(self, params, ids, y, pk: Packing, state0, scale: float):
+        """Forward and backward of the packed batch (ids, y (N,), initial state in packed order, None for
+        zeros): returns (summed NLL, gradients of the summed NLL / ``scale`` — a ``FlatParams`` in shared
+        memory, overwritten by the next call —, final state in packed order)."""
+        if not (isinstance(params, FlatParams) and self._key(params.flat) is not None):
+            params = self._staged(params)        # not (yet) in shared memory: a copy there
+        if self.grads is None or not self.grads.same_layout(params):
+            self.grads = FlatParams.like(params, fill=0)
+        self.layout = params.layout
+        B, N = pk.B, pk.N
+        kp, kg = self._ready(B, N, (params.flat, self.grads.flat))
+        ints, a = self.a["ints"], self.a
+        ints[:4] = B, N, kp, kg
+        ints[16:16 + B], ints[16 + B:16 + B + N], ints[16 + B + N:16 + B + 2 * N] = pk.lengths, ids, y
+        a["floats"][0] = scale
+        for arr, s0 in zip((a["hs"], a["cs"]), state0 or (0, 0)):
+            arr[:B] = s0
+        total, final = self._run(b"b", lambda: self._half(self.share, params, self.grads, ids, y, pk, scale))
+        return total, self.grads, final
+
+    def _staged(self, params):
+        """``params`` copied into a flat buffer in shared memory (kept for the next call)."""
+        staged = getattr(self, "_stage", None)
+        if staged is None or set(staged) != set(params) or staged.flat.dtype != self.lm.dtype:
+            staged = self._stage = FlatParams(params, dtype=self.lm.dtype, alloc=self.alloc)
+        else:
+            for name, value in params.items():
+                staged[name] = value
+        return staged
+
+    def _half(self, share: Share, params, grads, ids, y, pk: Packing, scale: float):
+        """One worker's part of a batch: its units' forward and backward, the loss, its columns of the
+        cell's gradients and rows of Wy's (and by's, worker 0), written into ``grads``. Returns (summed
+        NLL, final state) (worker 0's use)."""
         from .model import output_gradient
         share.parity = 0          # (the counters run on from batch to batch: both sync as often in each)
-        lm, B, N, own = self.lm, pk.B, pk.N, share.own
+        lm, B, N, own, G = self.lm, pk.B, pk.N, share.own, self.lm.cell.gates
+        names = ("Wx", "Wh", "b")
+        p = {name: own_copy(params[f"l0.{name}"], G, own) for name in names}
+        out = {name: self._work(name, p[name]) for name in names}
+        Wy = params["Wy"]
         (_, final), cache = lm.cell.forward_packed(ids, None, p, pk, share=share)
         top = self.a["hs"][B:B + N]
-        logits = top @ p["Wy"]
-        logits += p["by"]
+        logits = top @ Wy
+        logits += params["by"]
         total, dlogits = output_gradient(logits, y, scale, lm.dtype)
-        np.matmul(top[:, own].T, dlogits.T, out=out["Wy"])
+        np.matmul(top[:, own].T, dlogits.T, out=grads["Wy"][own])
         if share.k == 0:
-            np.sum(dlogits, axis=1, out=out["by"])
-        dhs = np.matmul(dlogits.T, p["Wy"][own].T)
+            np.sum(dlogits, axis=1, out=grads["by"])
+        dhs = np.matmul(dlogits.T, Wy[own].T)
         lm.cell.backward_packed(dhs, cache, None, out=out)
+        for name in names:
+            units_of(grads[f"l0.{name}"], G, own)[...] = units_of(out[name], G, slice(None))
         share.sync()                                   # both have written their gradients
         return total, final
+
+    def _work(self, name: str, like):
+        """A scratch array kept between batches, for this process's part of a gradient."""
+        work = self.__dict__.setdefault("_scratch", {})
+        if name not in work or work[name].shape != like.shape or work[name].dtype != like.dtype:
+            work[name] = np.empty_like(like)
+        return work[name]
+
+    # ------------------------------------------------------------------------------ optimizer step
+    def update(self, optimizer, params, grads) -> None:
+        """``optimizer.step(params, grads)`` with its element-wise passes split between the two processes
+        (the same result: the update is element-wise). The first call moves ``params`` into shared memory
+        (``FlatParams.relocate``), which the optimizer's moments, made like them, then share."""
+        if not (isinstance(params, FlatParams) and params.same_layout(grads) and self._key(grads.flat) is not None):
+            optimizer.step(params, grads)
+            return
+        if self._key(params.flat) is None:
+            params.relocate(self.alloc)
+        optimizer.step(params, grads, shared=self._split_update)
+
+    def _split_update(self, optimizer, params, grads, buffers) -> None:
+        flats = [params.flat, grads.flat] + [buffers[slot] for slot in optimizer.slots]
+        if any(self._key(f) is None for f in flats):        # moments made before the move: remake them
+            optimizer._flat = None
+            buffers = optimizer._flat_buffers(params)
+            flats[2:] = [buffers[slot] for slot in optimizer.slots]
+        keys = self._ready(0, 0, flats)
+        n = params.flat.size
+        mid = n // 2 // optimizer.CHUNK * optimizer.CHUNK
+        spec = copy.copy(optimizer)                          # its options and step count, not its buffers
+        spec.__dict__ = {k: v for k, v in spec.__dict__.items() if k not in ("buffers", "_flat", "_work")}
+        blob = pickle.dumps(spec)
+        if len(blob) > self.OPT_BYTES:
+            raise ValueError(f"the optimizer pickles to {len(blob)} bytes, more than the {self.OPT_BYTES} "
+                             "the unit split has room for")
+        ints = self.a["ints"]
+        ints[:4] = len(blob), mid, n, params.n_matrix
+        ints[8:8 + len(keys)] = keys
+        self.a["opt"][:len(blob)] = np.frombuffer(blob, np.uint8)
+
+        def work():
+            optimizer.update_range(params.flat, grads.flat, buffers, params.n_matrix, 0, mid)
+            self.share.sync()                                # the child has done its part
+        self._run(b"u", work)
 
 
 def units_of(w, G: int, units: slice):

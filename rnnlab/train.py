@@ -256,7 +256,7 @@ class _Loop:
             raise TrainingDiverged(step, "the training loss", loss)
         if not math.isfinite(norm):
             raise TrainingDiverged(step, "the gradient norm", norm)
-        optimizer.step(self.params, grads)
+        lm.update(optimizer, self.params, grads)
         dt = time.perf_counter() - t0
         n_chars = int(batch.mask.sum())
         hist.chars += n_chars

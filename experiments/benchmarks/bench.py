@@ -59,7 +59,7 @@ def rnnlab_trainer(cell, H, V, dtype, lr=0.001):
     def step(b):
         loss, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
         clip(grads)
-        opt.step(params, grads)
+        lm.update(opt, params, grads)     # as the training loop does
         return loss
     return step, lambda ds: evaluate(lm, params, ds, "val")
 
