@@ -142,14 +142,14 @@ class UnitSplit:
         self.buffers[self._last_key] = flat
         return flat
 
-    def _key(self, flat) -> int | None:
+    def key_of(self, flat) -> int | None:
         return next((k for k, v in self.buffers.items() if v is flat), None)
 
     # ------------------------------------------------------------------------------ the child process
     def _ready(self, B: int, N: int, flats) -> list[int]:
         """A child that can run a batch of B sequences and N steps and sees ``flats``; their keys. (A child
         that ended between batches — it holds nothing — is replaced.)"""
-        keys = [self._key(f) for f in flats]
+        keys = [self.key_of(f) for f in flats]
         if self.child is not None and os.waitpid(self.child[0], os.WNOHANG) != (0, 0):
             self._reaped()
         if (self.child is None or B > self.capacity[0] or N > self.capacity[1]
@@ -249,7 +249,7 @@ class UnitSplit:
         """Forward and backward of the packed batch (ids, y (N,), initial state in packed order, None for
         zeros): returns (summed NLL, gradients of the summed NLL / ``scale`` — a ``FlatParams`` in shared
         memory, overwritten by the next call —, final state in packed order)."""
-        if not (isinstance(params, FlatParams) and self._key(params.flat) is not None):
+        if not (isinstance(params, FlatParams) and self.key_of(params.flat) is not None):
             params = self._staged(params)        # not (yet) in shared memory: a copy there
         if self.grads is None or not self.grads.same_layout(params):
             self.grads = FlatParams.like(params, fill=0)
@@ -313,16 +313,16 @@ class UnitSplit:
         """``optimizer.step(params, grads)`` with its element-wise passes split between the two processes
         (the same result: the update is element-wise). The first call moves ``params`` into shared memory
         (``FlatParams.relocate``), which the optimizer's moments, made like them, then share."""
-        if not (isinstance(params, FlatParams) and params.same_layout(grads) and self._key(grads.flat) is not None):
+        if not (isinstance(params, FlatParams) and params.same_layout(grads) and self.key_of(grads.flat) is not None):
             optimizer.step(params, grads)
             return
-        if self._key(params.flat) is None:
+        if self.key_of(params.flat) is None:
             params.relocate(self.alloc)
         optimizer.step(params, grads, shared=self._split_update)
 
     def _split_update(self, optimizer, params, grads, buffers) -> None:
         flats = [params.flat, grads.flat] + [buffers[slot] for slot in optimizer.slots]
-        if any(self._key(f) is None for f in flats):        # moments made before the move: remake them
+        if any(self.key_of(f) is None for f in flats):        # moments made before the move: remake them
             optimizer._flat = None
             buffers = optimizer._flat_buffers(params)
             flats[2:] = [buffers[slot] for slot in optimizer.slots]

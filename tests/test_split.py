@@ -1,0 +1,220 @@
+"""The LSTM's hidden units split between two processes (rnnlab/split.py): the one-process results (loss,
+gradients, final state; whole training runs with their optimizer state), a gradient check of the split
+path itself, where it applies, and its faults — a worker that dies, Ctrl-C in the parent, a parent that
+dies — none of which may hang or leave a process behind."""
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from rnnlab import split
+from rnnlab.cells.lstm import LSTM
+from rnnlab.clipping import NormClip
+from rnnlab.gradcheck import gradcheck
+from rnnlab.model import CharLM
+from rnnlab.registry import OPTIMIZERS
+
+pytestmark = pytest.mark.skipif(not split.available(), reason="the unit split needs Linux on x86-64")
+
+V, H = 7, 6
+
+
+def _batch(rng, T=6, B=5, lengths=(1, 6, 0, 3, 6)):
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = (np.arange(T)[:, None] < np.array(lengths)).astype(float)
+    return x, y, mask
+
+
+def _pair(**kw):
+    one, two = CharLM(V, "lstm", H, dtype=np.float64, **kw), CharLM(V, "lstm", H, dtype=np.float64, threads=2, **kw)
+    assert two.splits_units and not one.splits_units
+    return one, two
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:      # a zombie (ended, not yet reaped) is not alive
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_split_gives_the_one_process_loss_gradients_and_final_state(reduction, rng):
+    """Empty and one-step sequences, unsorted lengths, a carried state: the split's results are the one-
+    process results (the same arithmetic, summed in another order)."""
+    one, two = _pair(reduction=reduction)
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(2))]
+    for s0 in (None, state0):
+        (l1, g1, f1), (l2, g2, f2) = (m.loss_and_grads(params, x, y, mask, s0) for m in (one, two))
+        assert l2 == pytest.approx(l1, rel=1e-13)
+        for name in g1:
+            np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-14, err_msg=name)
+        for u, v in zip(f1[0], f2[0]):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
+    assert two._split.starts == 1
+
+
+def test_gradcheck_of_the_split_path(rng):
+    """Finite differences of the loss against the gradients the two processes compute."""
+    _, two = _pair()
+    params = two.init_params(rng)
+    for name in params:
+        params[name] += rng.normal(0, 0.3, params[name].shape)
+    x, y, mask = _batch(rng)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(2))]
+    _, grads, _ = two.loss_and_grads(params, x, y, mask, state0)
+    grads = {k: v.copy() for k, v in grads.items()}     # (the split's buffer is reused by the next call)
+    errors = gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("optimizer, options", [("adam", {"weight_decay": 0.1, "ema": 0.9}),
+                                                ("momentum", {}), ("rmsprop", {"weight_decay": 0.01})])
+def test_training_with_the_split_equals_one_process(optimizer, options, rng):
+    """Twenty steps of names-like batches, each clipped and stepped (the optimizer's passes split between
+    the processes too): the same parameters and optimizer state as in one process."""
+    one, two = _pair(weight_dropout=0.2)          # DropConnect: the split then computes with a masked copy
+    runs = []
+    for lm in (one, two):
+        params = lm.init_params(np.random.default_rng(0))
+        opt, clip = OPTIMIZERS.build(optimizer, lr=0.05, **options), NormClip(0.5)
+        data = np.random.default_rng(1)
+        for step in range(20):
+            x, y, mask = _batch(data, lengths=data.integers(1, 7, 5))
+            _, grads, _ = lm.loss_and_grads(params, x, y, mask, rng=np.random.default_rng(step))
+            clip(grads)
+            lm.update(opt, params, grads)
+        runs.append((params, opt.state_dict()))
+    (p1, s1), (p2, s2) = runs
+    for name in p1:
+        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    assert s1.keys() == s2.keys() and s1["t"] == s2["t"] == 20
+    for key in s1:
+        np.testing.assert_allclose(s2[key], s1[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    assert two._split.key_of(p2.flat) is not None      # the parameters now live in shared memory
+    assert two._split.starts == 2                       # the first batch, then once the moments existed
+
+
+def test_where_the_split_applies():
+    assert CharLM(V, "lstm", 6, threads=2).splits_units
+    assert CharLM(V, "lstm", 6, threads=2, weight_dropout=0.3, embedding_dropout=0.1).splits_units
+    for kw in ({"threads": 1}, {"cell": "gru"}, {"cell": "rnn"}, {"cell": "lnlstm"}, {"num_layers": 2},
+               {"embedding_size": 4}, {"dropout": 0.2}, {"ar": 1.0}, {"hidden_size": 7}):
+        opts = {"vocab_size": V, "cell": "lstm", "hidden_size": 6, "threads": 2, **kw}
+        assert not CharLM(**opts).splits_units, kw
+
+
+def test_batches_the_split_does_not_take_run_in_one_process(rng):
+    """A gradient into the final state, or the gradient of the initial one, runs the one-process path."""
+    one, two = _pair()
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    dstate = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(2))]
+    r1, r2 = (m.loss_and_grads(params, x, y, mask, None, dstate, return_dstate0=True) for m in (one, two))
+    for name in r1[1]:
+        np.testing.assert_allclose(r2[1][name], r1[1][name], rtol=1e-12, err_msg=name)
+    assert two.__dict__.get("_split") is None
+
+
+def _fail_in(monkeypatch, worker: int, error):
+    """Make worker 0 (this process) or 1 (the child) fail in its forward pass while ``error[0]`` is set."""
+    forward = LSTM.forward_packed
+
+    def failing(self, x, state0, params, pk, share=None):
+        if share is not None and share.k == worker and error[0]:
+            if worker == 1:
+                os._exit(3)
+            raise error[0]
+        return forward(self, x, state0, params, pk, share=share)
+    monkeypatch.setattr(LSTM, "forward_packed", failing)
+
+
+def test_a_worker_that_dies_mid_batch_raises_and_the_next_batch_starts_a_new_one(rng, monkeypatch):
+    one, two = _pair()
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    dying = [True]
+    _fail_in(monkeypatch, 1, dying)
+    t0 = time.monotonic()
+    with pytest.raises(split.WorkerDied, match="ended in the middle of a batch"):
+        two.loss_and_grads(params, x, y, mask)
+    assert time.monotonic() - t0 < 5          # noticed, not waited for forever
+    dying[0] = False                           # the next child is forked from this state
+    l1, g1, _ = one.loss_and_grads(params, x, y, mask)
+    l2, g2, _ = two.loss_and_grads(params, x, y, mask)
+    assert l2 == pytest.approx(l1, rel=1e-13) and two._split.starts == 2
+    np.testing.assert_allclose(g2.flat, g1.flat, rtol=1e-10, atol=1e-14)
+
+
+def test_ctrl_c_in_the_parent_stops_the_child(rng, monkeypatch):
+    one, two = _pair()
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    two.loss_and_grads(params, x, y, mask)
+    pid = two._split.child[0]
+    interrupt = [KeyboardInterrupt()]
+    _fail_in(monkeypatch, 0, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        two.loss_and_grads(params, x, y, mask)
+    assert two._split.child is None and not _alive(pid)
+    interrupt[0] = None
+    l1, _, _ = one.loss_and_grads(params, x, y, mask)
+    assert two.loss_and_grads(params, x, y, mask)[0] == pytest.approx(l1, rel=1e-13)
+
+
+def test_a_child_killed_between_batches_is_replaced(rng):
+    _, two = _pair()
+    params = two.init_params(rng)
+    x, y, mask = _batch(rng)
+    loss = two.loss_and_grads(params, x, y, mask)[0]
+    pid = two._split.child[0]
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)
+    assert two.loss_and_grads(params, x, y, mask)[0] == loss
+    assert two._split.starts == 2 and two._split.child[0] != pid
+
+
+def test_the_child_ends_with_its_model(rng):
+    _, two = _pair()
+    params = two.init_params(rng)
+    two.loss_and_grads(params, *_batch(rng))
+    pid = two._split.child[0]
+    assert _alive(pid)
+    del two
+    gc.collect()
+    assert not _alive(pid)
+
+
+def test_the_child_ends_when_its_parent_is_killed(tmp_path):
+    """SIGKILL to the parent (nothing of it runs): its child notices and exits by itself."""
+    script = textwrap.dedent(f"""
+        import numpy as np, sys, time
+        from rnnlab.model import CharLM
+        lm = CharLM({V}, "lstm", {H}, threads=2)
+        rng = np.random.default_rng(0)
+        params = lm.init_params(rng)
+        x = rng.integers(0, {V}, (5, 3))
+        lm.loss_and_grads(params, x, x, None)
+        print(lm._split.child[0], flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert _alive(child)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
