@@ -1,5 +1,6 @@
-"""Threads for the engine: a process-wide pool for batch shards, and BLAS held to one thread while the
-shards run (each shard's thread takes a core instead)."""
+"""Threads for the engine: a process-wide pool for batch shards, BLAS held to one thread while the shards
+(or the processes of a unit split, ``rnnlab.split``) run — each takes a core instead —, and how many CPUs
+a run may use."""
 
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ def one_blas_thread():
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on."""
+    """The CPUs this process may use: those it may run on, and no more than ``OMP_NUM_THREADS`` when that
+    is set — as joblib sets it in the workers of parallel trials (``hydra/launcher=parallel``), and batch
+    schedulers do — so that parallel trials do not each take every core."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cpus, int(limit))) if limit.isdigit() and int(limit) > 0 else cpus
