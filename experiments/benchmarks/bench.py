@@ -13,13 +13,17 @@ character costs in the matrix products: 3 × 2·(G·H·H + H·V), G the cell's g
 two products of the backward pass). "Products alone" is the ratio rnnlab would reach if its element-wise
 work cost nothing: the same matrix products at their exact packed (per-step) shapes, timed on their
 own, against PyTorch's throughput — a ceiling for any NumPy implementation built on these products.
-rnnlab runs as the runner does: a batch wide enough is split into one shard per thread (CharLM threads).
+rnnlab runs as the runner does, on two CPUs (CharLM threads=2): the LSTM's hidden units split between two
+processes (rnnlab/split.py: each has half of every step's products, with one BLAS thread, and half of the
+element-wise work; the optimizer step too), the other cells' wide batches split into shards of sequences
+in two threads. "Products alone" stays the one-process ceiling: NumPy's products at the packed shapes.
 Needs PyTorch (`pip install torch==2.13.0`, the CPU build).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -122,7 +126,10 @@ def worker(framework, cell, H, B, dtype, steps, repeats):
             loss = step(b)
         rates.append(chars / (time.perf_counter() - t0))
     assert math.isfinite(loss)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    del step
+    gc.collect()                # ends the unit split's second process, if any (rnnlab/split.py) …
+    peak = sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    peak /= 1024                # … so that its peak counts too (summed: pages the two share count twice); MiB
     result = {"chars_per_sec": statistics.median(rates), "peak_rss_mib": peak, "rates": rates}
     if framework == "rnnlab":
         result["products_only_chars_per_sec"] = products_only(cell, H, V, dtype, data, repeats)
