@@ -281,10 +281,11 @@ class UnitSplit:
         NLL, final state) (worker 0's use)."""
         from .model import output_gradient
         share.parity = 0          # (the counters run on from batch to batch: both sync as often in each)
-        lm, B, N, own, G = self.lm, pk.B, pk.N, share.own, self.lm.cell.gates
-        names = ("Wx", "Wh", "b")
-        p = {name: own_copy(params[f"l0.{name}"], G, own) for name in names}
-        out = {name: self._work(name, p[name]) for name in names}
+        lm, B, N, own = self.lm, pk.B, pk.N, share.own
+        cell = {name[3:]: w for name, w in params.items() if name.startswith("l0.")}
+        G = {name: w.shape[-1] // self.H for name, w in cell.items()}    # blocks of H columns: gates (or 1)
+        p = {name: own_copy(w, G[name], own) for name, w in cell.items()}
+        out = {name: self._work(name, p[name]) for name in cell}
         Wy = params["Wy"]
         (_, final), cache = lm.cell.forward_packed(ids, None, p, pk, share=share)
         top = self.a["hs"][B:B + N]
@@ -296,8 +297,8 @@ class UnitSplit:
             np.sum(dlogits, axis=1, out=grads["by"])
         dhs = np.matmul(dlogits.T, Wy[own].T)
         lm.cell.backward_packed(dhs, cache, None, out=out)
-        for name in names:
-            units_of(grads[f"l0.{name}"], G, own)[...] = units_of(out[name], G, slice(None))
+        for name in cell:
+            units_of(grads[f"l0.{name}"], G[name], own)[...] = units_of(out[name], G[name], slice(None))
         share.sync()                                   # both have written their gradients
         return total, final
 

@@ -14,13 +14,14 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
-                   project_step, RecurrentBackward, RecurrentForward, sigmoid, tanh_to_sigmoid)
+                   project_step, RecurrentBackward, RecurrentForward, sigmoid, states, tanh_to_sigmoid)
 
 
 @CELLS.register("gru")
 class GRU(Cell):
     gates = 3
     state_size = 1
+    splits_units = True
 
     def init(self, input_size, hidden_size, rng, dtype=np.float32):
         """As ``Cell.init``, plus the recurrent bias of the candidate, ``bh (H,)``."""
@@ -28,24 +29,24 @@ class GRU(Cell):
         params["bh"] = np.zeros(hidden_size, dtype)
         return params
 
-    def forward_packed(self, x, state0, params, pk):
-        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``.
+    def forward_packed(self, x, state0, params, pk, share=None):
+        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``; share: None,
+        or this process's ``split.Share`` (see ``LSTM.forward_packed``).
 
         Returns ((hs (N, H), (h_final,)), cache).
         """
-        H, bh = params["Wh"].shape[0], params["bh"]
+        bh = params["bh"]
         z = project_inputs(x, params["Wx"], params["b"], 3)             # (3, N, H) → r, u, n in place
         r_, u, cand = z
-        B, dt = pk.B, z.dtype
-        hs = np.empty((B + pk.N, H), dt)
-        hs[:B] = state0[0]
+        B, dt, H = pk.B, z.dtype, z.shape[2]
+        hs, own = share.states(B + pk.N)[::2] if share else states(state0, B + pk.N, H, dt)
         hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
         recurrent = RecurrentForward(params["Wh"], 3, B)             # h_{t-1} Wh, (3, n, H)
         rn = np.empty((B, H), dt)
         p = 0
         for s, n in pk.steps:
-            h, r, e = hs[p:p + n], B + s, s + n
-            hw = recurrent(h)
+            h, r, e = hs[p:p + n, own], B + s, s + n
+            hw = recurrent(hs[p:p + n])
             ru = z[:2, s:e]
             ru += hw[:2]
             ru *= 0.5                            # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for both gates
@@ -56,17 +57,19 @@ class GRU(Cell):
             c = cand[s:e]
             c += rn[:n]
             np.tanh(c, out=c)
-            new = hs[r:r + n]
+            new = hs[r:r + n, own]
             np.subtract(h, c, out=new)  # h_t = n + u * (h - n)
             new *= u[s:e]
             new += c
+            if share:
+                share.sync()
             p = r
-        cache = (x, z, hs, hn, params, pk)
+        cache = (x, z, hs, hn, params, pk, own, share)
         return (hs[B:], final_states((hs,), pk)), cache
 
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h and the gates r, u, n."""
-        x, z, hs, hn, params, pk = cache
+        x, z, hs, hn, params, pk, own, share = cache
         return {"h": hs[pk.B:], **dict(zip("run", z))}
 
     def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
@@ -75,11 +78,11 @@ class GRU(Cell):
 
         Returns (grads {"Wx", "Wh", "b", "bh"}, (dx (N, D) or None, (dh0,))).
         """
-        x, z, hs, hn, params, pk = cache
+        x, z, hs, hn, params, pk, own, share = cache
         B, dt = pk.B, z.dtype
         H = hn.shape[1]
         r, u, n_ = z
-        hprev = pk.previous(hs)
+        hprev = pk.previous(hs)                           # all units: dWh's product needs them
         # For all rows at once, the factors that do not depend on the incoming gradient:
         #   dn = dh (1-u)(1-n²),  du = dh (h_{t-1} - n) u (1-u),  dr = dn hn r (1-r)
         # built in the gradient buffer dxp (3, N, H) of the input-side pre-activations and multiplied in
@@ -92,7 +95,7 @@ class GRU(Cell):
         tmp = self.workspace("tmp", n_.shape, dt)
         np.subtract(1, u, out=fu)
         fu *= u
-        fu *= np.subtract(hprev, n_, out=tmp)
+        fu *= np.subtract(hprev[:, own], n_, out=tmp)
         np.multiply(n_, n_, out=fn)
         np.subtract(1, fn, out=fn)
         fn *= np.subtract(1, u, out=tmp)
@@ -101,6 +104,8 @@ class GRU(Cell):
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
         back, direct = RecurrentBackward(params["Wh"], B), np.empty((B, H), dt)
+        if share:
+            back = share.exchanging(back)                 # each process has its gates' part of it
         for s, n in reversed(pk.steps):
             dht, d, dw, e = dh[:n], dxp[:, s:s + n], as_gates(dhw[s:s + n], 3), s + n
             dht += dhs[s:e]
