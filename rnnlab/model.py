@@ -79,6 +79,11 @@ class CharLM:
     # real positions × gates × hidden size); below, per-step overhead and the GIL eat the gain
     # (measured: experiments/benchmarks/README.md, session 4, "Batch shards re-decided").
     MIN_SHARD_WORK = 1_000_000
+    # A unit split (two processes, ``rnnlab.split``) pays from this many gate values in a batch (its real
+    # positions × gates × hidden size), or from this many parameters (its optimizer step is split too);
+    # below both, its fixed costs (a second process to start on each batch, a barrier at each step) exceed
+    # what halving the work saves (measured: experiments/benchmarks/README.md, session 11).
+    MIN_SPLIT_WORK, MIN_SPLIT_PARAMS = 200_000, 500_000
     REGULARISERS = ("dropout", "locked_dropout", "weight_dropout", "embedding_dropout", "ar", "tar")
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
@@ -326,7 +331,7 @@ class CharLM:
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B, int(n))
         used, units = self.masked(params, drop), drop and drop.units
-        if self.splits_units and units is None and dstate is None and not return_dstate0:
+        if self.splits_units and units is None and dstate is None and not return_dstate0 and self.split_pays(n):
             lay = Layout(mask, T, B)
             total, grads, final = self._unit_split().loss_and_grads(
                 used, lay.pack(x), lay.pack(y), lay.packing, lay.sort(None if state0 is None else state0[0]), scale)
@@ -356,13 +361,20 @@ class CharLM:
 
     @property
     def splits_units(self) -> bool:
-        """Whether training batches split the hidden units between two processes (``rnnlab.split``; batches
-        with dropout masks of units or a gradient into the final state do not): with ``threads >= 2``,
-        for a cell that supports it, one layer on a one-hot input, no dropout of units, no activation
-        regularisation, an even number of units, on a platform that can."""
+        """Whether training batches split the hidden units between two processes (``rnnlab.split``; those
+        with too little work (``split_pays``), dropout masks of units or a gradient into the final state
+        do not): with ``threads >= 2``, for a cell that supports it (LSTM, GRU), one layer on a one-hot
+        input, no dropout of units, no activation regularisation, an even number of units, on a platform
+        that can."""
         return (self.threads >= 2 and self.cell.splits_units and self.num_layers == 1 and not self.embedding_size
                 and not self.dropout and not (self.ar or self.tar) and self.hidden_size % 2 == 0
                 and split.available())
+
+    def split_pays(self, positions: float) -> bool:
+        """Whether a batch of ``positions`` real steps in all has the work for a unit split to pay."""
+        G, H, V = self.cell.gates, self.hidden_size, self.vocab_size
+        params = G * H * (V + H + 1) + H * (V + 1)        # about: the cell's and the output layer's
+        return positions * G * H >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
 
     def _unit_split(self) -> "split.UnitSplit":
         if self.__dict__.get("_split") is None:
@@ -370,9 +382,9 @@ class CharLM:
         return self._split
 
     def update(self, optimizer, params, grads) -> None:
-        """``optimizer.step(params, grads)``; when batches split the units between processes, the step's
+        """``optimizer.step(params, grads)``; when the batch split the units between processes, the step's
         element-wise passes are split between them too (``split.UnitSplit.update``)."""
-        if self.splits_units:
+        if self.__dict__.get("_split") is not None:
             self._unit_split().update(optimizer, params, grads)
         else:
             optimizer.step(params, grads)

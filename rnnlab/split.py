@@ -22,10 +22,12 @@ pipe between batches (it takes no CPU while evaluation or sampling run). The res
 result up to the rounding of the sums (the same arithmetic, split by columns).
 
 Used by ``CharLM.loss_and_grads`` when ``threads >= 2`` and ``CharLM.splits_units`` says the model allows
-it (a cell that supports it — the LSTM —, one layer, one-hot input, no dropout of units, no activation
-regularisation), on Linux on x86-64 (the spin barrier relies on x86's store order). Faults: a worker that
-dies makes the other raise ``WorkerDied`` (no hang: the barrier checks its peer while it spins); an
-exception or a signal in the parent (Ctrl-C) stops the child, and the next batch starts a new one.
+it (a cell that supports it — the LSTM and the GRU; the RNN's steps are too small to pay —, one layer,
+one-hot input, no dropout of units, no activation regularisation), for batches with the work to pay
+(``CharLM.split_pays``), on Linux on x86-64 (the spin barrier relies on x86's store order); then
+``CharLM.update`` splits the optimizer step too. Faults: a worker that dies makes the other raise
+``WorkerDied`` (no hang: the barrier checks its peer while it waits); an exception or a signal in the
+parent (Ctrl-C) stops the child, and the next batch starts a new one; a child whose parent dies exits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import mmap
 import os
 import pickle
 import platform
+import select
 import signal
 import sys
 import time
@@ -49,6 +52,7 @@ from .threads import one_blas_thread
 
 SPINS = 2000          # a barrier's spins (~0.1 ms) before it gives the core away between its checks
 ALIVE_EVERY = 0.05    # seconds between a waiting barrier's checks that the other process is alive
+IDLE_POLL = 0.002     # seconds the second process polls for its next command before it sleeps
 
 
 class WorkerDied(RuntimeError):
@@ -193,8 +197,9 @@ class UnitSplit:
                     os._exit(1)
             share = Share(1, self.owns[1], self.a, parent_alive)
             with one_blas_thread():
+                os.set_blocking(read, False)
                 while True:
-                    op = os.read(read, 1)
+                    op = _next_op(read, parent_alive)
                     ints, floats = self.a["ints"], self.a["floats"]
                     if op == b"b":
                         B, N, kp, kg = (int(v) for v in ints[:4])
@@ -345,6 +350,24 @@ class UnitSplit:
             optimizer.update_range(params.flat, grads.flat, buffers, params.n_matrix, 0, mid)
             self.share.sync()                                # the child has done its part
         self._run(b"u", work)
+
+
+def _next_op(read: int, alive) -> bytes:
+    """The next command byte from the (non-blocking) pipe: polled for ``IDLE_POLL`` seconds — a training
+    loop's next batch or optimizer step comes within them, and a sleeping process would take a wake-up
+    (tens to hundreds of microseconds on a virtual machine) to start it —, then waited for."""
+    end = time.monotonic() + IDLE_POLL
+    while time.monotonic() < end:
+        try:
+            return os.read(read, 1)
+        except BlockingIOError:
+            os.sched_yield()
+    while True:
+        select.select([read], [], [], ALIVE_EVERY * 20)
+        try:
+            return os.read(read, 1)
+        except BlockingIOError:
+            alive()
 
 
 def units_of(w, G: int, units: slice):

@@ -1,4 +1,4 @@
-"""The LSTM's hidden units split between two processes (rnnlab/split.py): the one-process results (loss,
+"""The LSTM's and GRU's hidden units split between two processes (rnnlab/split.py): the one-process results (loss,
 gradients, final state; whole training runs with their optimizer state), a gradient check of the split
 path itself, where it applies, and its faults — a worker that dies, Ctrl-C in the parent, a parent that
 dies — none of which may hang or leave a process behind."""
@@ -26,14 +26,20 @@ pytestmark = pytest.mark.skipif(not split.available(), reason="the unit split ne
 V, H = 7, 6
 
 
+@pytest.fixture(autouse=True)
+def _split_small_batches(monkeypatch):
+    """Split even these small batches (a split pays only from ``MIN_SPLIT_WORK``: see test_when_a_split_pays)."""
+    monkeypatch.setattr(CharLM, "MIN_SPLIT_WORK", 0)
+
+
 def _batch(rng, T=6, B=5, lengths=(1, 6, 0, 3, 6)):
     x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     mask = (np.arange(T)[:, None] < np.array(lengths)).astype(float)
     return x, y, mask
 
 
-def _pair(**kw):
-    one, two = CharLM(V, "lstm", H, dtype=np.float64, **kw), CharLM(V, "lstm", H, dtype=np.float64, threads=2, **kw)
+def _pair(cell="lstm", **kw):
+    one, two = CharLM(V, cell, H, dtype=np.float64, **kw), CharLM(V, cell, H, dtype=np.float64, threads=2, **kw)
     assert two.splits_units and not one.splits_units
     return one, two
 
@@ -47,14 +53,15 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_split_gives_the_one_process_loss_gradients_and_final_state(reduction, rng):
+def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduction, rng):
     """Empty and one-step sequences, unsorted lengths, a carried state: the split's results are the one-
     process results (the same arithmetic, summed in another order)."""
-    one, two = _pair(reduction=reduction)
+    one, two = _pair(cell, reduction=reduction)
     params = one.init_params(rng)
     x, y, mask = _batch(rng)
-    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(2))]
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(one.cell.state_size))]
     for s0 in (None, state0):
         (l1, g1, f1), (l2, g2, f2) = (m.loss_and_grads(params, x, y, mask, s0) for m in (one, two))
         assert l2 == pytest.approx(l1, rel=1e-13)
@@ -65,14 +72,15 @@ def test_split_gives_the_one_process_loss_gradients_and_final_state(reduction, r
     assert two._split.starts == 1
 
 
-def test_gradcheck_of_the_split_path(rng):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradcheck_of_the_split_path(cell, rng):
     """Finite differences of the loss against the gradients the two processes compute."""
-    _, two = _pair()
+    _, two = _pair(cell)
     params = two.init_params(rng)
     for name in params:
         params[name] += rng.normal(0, 0.3, params[name].shape)
     x, y, mask = _batch(rng)
-    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(2))]
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(two.cell.state_size))]
     _, grads, _ = two.loss_and_grads(params, x, y, mask, state0)
     grads = {k: v.copy() for k, v in grads.items()}     # (the split's buffer is reused by the next call)
     errors = gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
@@ -107,12 +115,28 @@ def test_training_with_the_split_equals_one_process(optimizer, options, rng):
 
 
 def test_where_the_split_applies():
-    assert CharLM(V, "lstm", 6, threads=2).splits_units
+    assert CharLM(V, "lstm", 6, threads=2).splits_units and CharLM(V, "gru", 6, threads=2).splits_units
     assert CharLM(V, "lstm", 6, threads=2, weight_dropout=0.3, embedding_dropout=0.1).splits_units
-    for kw in ({"threads": 1}, {"cell": "gru"}, {"cell": "rnn"}, {"cell": "lnlstm"}, {"num_layers": 2},
+    for kw in ({"threads": 1}, {"cell": "rnn"}, {"cell": "lnlstm"}, {"num_layers": 2},
                {"embedding_size": 4}, {"dropout": 0.2}, {"ar": 1.0}, {"hidden_size": 7}):
         opts = {"vocab_size": V, "cell": "lstm", "hidden_size": 6, "threads": 2, **kw}
         assert not CharLM(**opts).splits_units, kw
+
+
+def test_when_a_split_pays(monkeypatch):
+    """From 200,000 gate values in a batch or 500,000 parameters (measured; see MIN_SPLIT_WORK)."""
+    monkeypatch.undo()
+    names = 412                                           # real positions of a names batch of 32, about
+    assert not CharLM(27, "lstm", 64, threads=2).split_pays(names)        # 105 k gate values, 25 k parameters
+    assert CharLM(27, "lstm", 64, threads=2).split_pays(4 * names)        # a batch of 128
+    assert CharLM(27, "gru", 256, threads=2).split_pays(names)
+    assert not CharLM(27, "gru", 256, threads=2).split_pays(9)            # a single name, 200 k parameters
+    assert CharLM(27, "lstm", 512, threads=2).split_pays(9)               # 1.1 M parameters
+    rng = np.random.default_rng(0)
+    lm = CharLM(27, "lstm", 64, threads=2)
+    x = rng.integers(0, 27, (13, 32))
+    lm.loss_and_grads(lm.init_params(rng), x, x)
+    assert lm.__dict__.get("_split") is None              # too little work: one process
 
 
 def test_batches_the_split_does_not_take_run_in_one_process(rng):
@@ -201,6 +225,7 @@ def test_the_child_ends_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, sys, time
         from rnnlab.model import CharLM
+        CharLM.MIN_SPLIT_WORK = 0
         lm = CharLM({V}, "lstm", {H}, threads=2)
         rng = np.random.default_rng(0)
         params = lm.init_params(rng)

@@ -5,35 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step, states
+from .base import Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step
 
 
 @CELLS.register("rnn")
 class RNN(Cell):
     gates = 1
-    splits_units = True
     state_size = 1
 
-    def forward_packed(self, x, state0, params, pk, share=None):
-        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``; share: None,
-        or this process's ``split.Share`` (see ``LSTM.forward_packed``).
+    def forward_packed(self, x, state0, params, pk):
+        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``.
 
         Returns ((hs (N, H), (h_final,)), cache).
         """
         Wh = params["Wh"]
         xp = project_inputs(x, params["Wx"], params["b"], 1)[0]
-        B, H = pk.B, xp.shape[1]
-        hs, own = share.states(B + pk.N)[::2] if share else states(state0, B + pk.N, H, xp.dtype)
+        B, H = pk.B, Wh.shape[0]
+        hs = np.empty((B + pk.N, H), xp.dtype)   # initial states, then one row per packed step
+        hs[:B] = state0[0]
         p = 0
         for o, n in pk.steps:
-            h = hs[B + o:B + o + n, own]
+            h = hs[B + o:B + o + n]
             np.matmul(hs[p:p + n], Wh, out=h)
             h += xp[o:o + n]
             np.tanh(h, out=h)
-            if share:
-                share.sync()
             p = B + o
-        cache = (x, hs, params, pk, own, share)
+        cache = (x, hs, params, pk)
         return (hs[B:], final_states((hs,), pk)), cache
 
     def internals_packed(self, cache):
@@ -47,16 +44,11 @@ class RNN(Cell):
 
         Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0,))).
         """
-        x, hs, params, pk, own, share = cache
+        x, hs, params, pk = cache
         WhT = np.ascontiguousarray(params["Wh"].T)   # a copy: BLAS multiplies by it faster than by a view
-        B, H = pk.B, WhT.shape[0]
-
-        def back(d, out):                        # the gradient reaching h_{t-1}
-            np.matmul(d, WhT, out=out)
-        if share:
-            back = share.exchanging(back)
+        B, H = pk.B, hs.shape[1]
         dz = self.workspace("dz", (pk.N, H), hs.dtype)
-        np.multiply(hs[B:, own], hs[B:, own], out=dz)     # tanh' = 1 - h², for all rows at once
+        np.multiply(hs[B:], hs[B:], out=dz)     # tanh' = 1 - h², for all rows at once
         np.subtract(1, dz, out=dz)
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), hs.dtype) if dstate is None else np.array(dstate[0], hs.dtype)
@@ -67,7 +59,7 @@ class RNN(Cell):
             if dh_steps is not None:
                 dh_steps[o:o + n] = dht
             d *= dht
-            back(d, dh_next[:n])
+            np.matmul(d, WhT, out=dh_next[:n])
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, hs.dtype)
         np.matmul(pk.previous(hs).T, dz, out=dWh)
