@@ -389,6 +389,12 @@ class CharLM:
         else:
             optimizer.step(params, grads)
 
+    def close(self) -> None:
+        """End the unit split's second process, if any (a later batch starts a new one); while it lives,
+        BLAS runs on one thread in this process (see ``threads.hold_one_blas_thread``)."""
+        if self.__dict__.get("_split") is not None:
+            self._split.stop()
+
     def __getstate__(self):
         """Pickled (sweeps, model files) without the unit split's worker process."""
         return {k: v for k, v in self.__dict__.items() if k != "_split"}

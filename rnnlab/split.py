@@ -48,7 +48,7 @@ import numpy as np
 
 from .cells.base import Packing
 from .flat import FlatParams
-from .threads import one_blas_thread
+from .threads import hold_one_blas_thread, one_blas_thread, release_blas_threads
 
 SPINS = 2000          # a barrier's spins (~0.1 ms) before it gives the core away between its checks
 ALIVE_EVERY = 0.05    # seconds between a waiting barrier's checks that the other process is alive
@@ -183,6 +183,7 @@ class UnitSplit:
         self.starts += 1
         self.child = (pid, write)
         self.share = Share(0, self.owns[0], self.a, self._child_alive)
+        hold_one_blas_thread()              # while the child lives (released when it is stopped)
         self._finalizer = weakref.finalize(self, _stop, pid, write)
 
     def _serve(self, read: int, parent: int) -> None:
@@ -229,6 +230,7 @@ class UnitSplit:
         self._finalizer.detach()
         self._finalizer = None
         os.close(self.child[1])
+        release_blas_threads()
         self.child = None
 
     def stop(self) -> None:
@@ -383,7 +385,8 @@ def own_copy(w, G: int, units: slice):
 
 
 def _stop(pid: int, write: int) -> None:
-    """Close the child's pipe (it exits at its next read), make sure it ends, reap it."""
+    """Close the child's pipe (it exits at its next read), make sure it ends, reap it; BLAS's threads back."""
+    release_blas_threads()
     try:
         os.close(write)
     except OSError:

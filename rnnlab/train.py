@@ -189,6 +189,7 @@ def train(lm, params: dict, dataset, optimizer, clipper, options: TrainOptions, 
             step += 1
     finally:
         optimizer.lr = base_lr
+        lm.close()         # the unit split's second process, if any: evaluation and sampling use both cores
     return loop.finish()
 
 

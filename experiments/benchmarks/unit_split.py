@@ -52,7 +52,7 @@ def trainer(cls, cell, H, V):
         _, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
         clip(grads)
         lm.update(opt, params, grads)
-    return step
+    return step, lm.close
 
 
 def main(argv=None):
@@ -66,16 +66,16 @@ def main(argv=None):
         V, data = bench.batches(B, BATCHES.get(B, 40))
         steps = {"with": trainer(Split, cell, H, V), "without": trainer(NoSplit, cell, H, V)}
         times = {name: [] for name in steps}
-        for step in steps.values():
-            for b in data[:3]:
-                step(b)                           # warm-up (and the split's second process started)
         for _ in range(args.rounds):
-            for name, step in steps.items():
+            for name, (step, close) in steps.items():
+                for b in data[:3]:
+                    step(b)                       # warm-up (and the split's second process started)
                 time.sleep(0.3)                   # OpenBLAS's threads of the other round stop spinning first
                 t0 = time.perf_counter()
                 for b in data:
                     step(b)
                 times[name].append((time.perf_counter() - t0) / len(data))
+                close()                           # as train() ends: BLAS gets its threads back
         w, wo = (statistics.median(times[k]) for k in ("with", "without"))
         print(f"{cell} H{H} B{B}: with the split {w * 1e3:.3f} ms, without {wo * 1e3:.3f} ms per batch, "
               f"without/with {wo / w:.2f}", flush=True)
