@@ -124,7 +124,8 @@ class UnitSplit:
     capacity of sequences and steps) and the flat buffers made by ``alloc`` — the parameters (moved
     there by the first ``update``), the gradients ``loss_and_grads`` returns (one buffer, overwritten by
     the next call) and the optimizer's moments (made like the parameters). A batch larger than the
-    capacity, or a buffer made since the fork, starts a new child (a few times in a run: measured ~10 ms).
+    capacity, or a buffer made since the fork, starts a new child (in a training run: at its first batch,
+    at its first optimizer step, and when a batch outgrows the arrays).
     """
     HEADROOM = 1.25           # per-batch arrays are made this much larger than the batch that needs them
     OPT_BYTES = 1 << 16       # room for the pickled optimizer (its options and step count)

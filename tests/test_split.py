@@ -243,3 +243,38 @@ def test_the_child_ends_when_its_parent_is_killed(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_same_seed_same_result_and_a_resumed_run_continues_bit_for_bit(rng):
+    """Ten split steps straight, against five, a save of the parameters and the optimizer state, a new
+    model and optimizer loaded from them (a new child), and five more: the same bits."""
+    def steps(lm, params, opt, first, last):
+        data = np.random.default_rng(7)
+        for step in range(last):
+            x, y, mask = _batch(data, lengths=data.integers(1, 7, 5))
+            if step >= first:
+                _, grads, _ = lm.loss_and_grads(params, x, y, mask)
+                NormClip(0.5)(grads)
+                lm.update(opt, params, grads)
+
+    def fresh():
+        lm = CharLM(V, "lstm", H, threads=2, dtype=np.float32)
+        return lm, lm.init_params(np.random.default_rng(0)), OPTIMIZERS.build("adam", lr=0.05)
+    lm, straight, opt = fresh()
+    steps(lm, straight, opt, 0, 10)
+    lm2, again, opt2 = fresh()
+    steps(lm2, again, opt2, 0, 10)
+    np.testing.assert_array_equal(again.flat, straight.flat)       # same seed, same result
+
+    lm3, half, opt3 = fresh()
+    steps(lm3, half, opt3, 0, 5)
+    saved, state = {k: v.copy() for k, v in half.items()}, {k: np.array(v) for k, v in opt3.state_dict().items()}
+    lm3.close()
+    lm4, resumed, opt4 = fresh()
+    for name, value in saved.items():
+        resumed[name] = value
+    opt4.load_state_dict(state)
+    steps(lm4, resumed, opt4, 5, 10)
+    np.testing.assert_array_equal(resumed.flat, straight.flat)
+    for key, value in opt4.state_dict().items():
+        np.testing.assert_array_equal(value, opt.state_dict()[key], err_msg=key)
