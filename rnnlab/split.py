@@ -157,17 +157,18 @@ class UnitSplit:
         keys = [self.key_of(f) for f in flats]
         if self.child is not None and os.waitpid(self.child[0], os.WNOHANG) != (0, 0):
             self._reaped()
-        if (self.child is None or B > self.capacity[0] or N > self.capacity[1]
-                or not set(keys) <= self.forked_with):
-            self._start(max(B, self.capacity[0]), max(N, self.capacity[1]))
+        outgrown = B > self.capacity[0] or N > self.capacity[1]
+        if outgrown:
+            self.capacity = (max(self.capacity[0], int(B * self.HEADROOM) + 1),
+                             max(self.capacity[1], int(N * self.HEADROOM) + 1))
+        if self.child is None or outgrown or not set(keys) <= self.forked_with:
+            self._start(*self.capacity)
         return keys
 
     def _start(self, B: int, N: int) -> None:
         """Per-batch arrays for batches of up to B sequences and N real steps, and a child that sees them."""
         self.stop()
-        B, N = int(B * self.HEADROOM) + 1, int(N * self.HEADROOM) + 1
         dt, H = self.lm.dtype, self.H
-        self.capacity = (B, N)
         self.a = {"count": _shared((2, 8), np.int64), "ints": _shared((16 + B + 2 * N,), np.int64),
                   "floats": _shared((4,), np.float64), "opt": _shared((self.OPT_BYTES,), np.uint8),
                   "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B, H), dt)}

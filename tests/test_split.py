@@ -112,6 +112,7 @@ def test_training_with_the_split_equals_one_process(optimizer, options, rng):
         np.testing.assert_allclose(s2[key], s1[key], rtol=1e-9, atol=1e-12, err_msg=key)
     assert two._split.key_of(p2.flat) is not None      # the parameters now live in shared memory
     assert two._split.starts == 2                       # the first batch, then once the moments existed
+    assert two._split.capacity[0] == int(5 * 1.25) + 1  # 5 sequences, with headroom: not grown by the restart
 
 
 def test_where_the_split_applies():
