@@ -80,9 +80,10 @@ class Share:
         self.mine, self.other = arrays["count"][k], arrays["count"][1 - k]
         self.count = self.parity = 0
 
-    def states(self, rows: int):
-        """(hs, cs, own): the shared state arrays (rows, H), initial states first (written by worker 0)."""
-        return self.a["hs"][:rows], self.a["cs"][:rows], self.own
+    def states(self, rows: int, count: int):
+        """(``count`` shared state arrays (rows, H) — hs, then cs —, own), as ``cells.base.states`` gives
+        them; the initial states are written by worker 0."""
+        return (*(self.a[name][:rows] for name in ("hs", "cs")[:count]), self.own)
 
     def sync(self) -> None:
         """Wait until the other process has reached the same point (both have called ``sync`` as often):
@@ -294,7 +295,7 @@ class UnitSplit:
         cell = {name[3:]: w for name, w in params.items() if name.startswith("l0.")}
         G = {name: w.shape[-1] // self.H for name, w in cell.items()}    # blocks of H columns: gates (or 1)
         p = {name: own_copy(w, G[name], own) for name, w in cell.items()}
-        out = {name: self._work(name, p[name]) for name in cell}
+        out = {name: lm.cell.workspace("split d" + name, p[name].shape, p[name].dtype) for name in cell}
         Wy = params["Wy"]
         (_, final), cache = lm.cell.forward_packed(ids, None, p, pk, share=share)
         top = self.a["hs"][B:B + N]
@@ -310,13 +311,6 @@ class UnitSplit:
             units_of(grads[f"l0.{name}"], G[name], own)[...] = units_of(out[name], G[name], slice(None))
         share.sync()                                   # both have written their gradients
         return total, final
-
-    def _work(self, name: str, like):
-        """A scratch array kept between batches, for this process's part of a gradient."""
-        work = self.__dict__.setdefault("_scratch", {})
-        if name not in work or work[name].shape != like.shape or work[name].dtype != like.dtype:
-            work[name] = np.empty_like(like)
-        return work[name]
 
     # ------------------------------------------------------------------------------ optimizer step
     def update(self, optimizer, params, grads) -> None:

@@ -39,7 +39,7 @@ class GRU(Cell):
         z = project_inputs(x, params["Wx"], params["b"], 3)             # (3, N, H) → r, u, n in place
         r_, u, cand = z
         B, dt, H = pk.B, z.dtype, z.shape[2]
-        hs, own = share.states(B + pk.N)[::2] if share else states(state0, B + pk.N, H, dt)
+        hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, dt)
         hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
         recurrent = RecurrentForward(params["Wh"], 3, B)             # h_{t-1} Wh, (3, n, H)
         rn = np.empty((B, H), dt)

@@ -40,7 +40,7 @@ class LSTM(Cell):
         z = project_inputs(x, params["Wx"], params["b"], 4)             # (4, N, H), activated in place
         i, f, o, g = z
         B, dt, H = pk.B, z.dtype, z.shape[2]
-        hs, cs, own = share.states(B + pk.N) if share else states(state0, B + pk.N, H, dt)
+        hs, cs, own = share.states(B + pk.N, 2) if share else states(state0, B + pk.N, H, dt)
         tanh_c = np.empty((pk.N, H), dt)
         recurrent = RecurrentForward(params["Wh"], 4, B)             # h_{t-1} Wh, (4, n, H)
         ig = np.empty((B, H), dt)
