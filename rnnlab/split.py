@@ -6,17 +6,22 @@ rows) BLAS splits a product between its threads poorly; threads of one process s
 lock, and splitting the units between them costs more in hand-overs than it gains (measured:
 experiments/benchmarks/README.md). Two processes share nothing but a few arrays in shared memory, and
 meet at a barrier once per step, a spin on a counter each (a few microseconds): each does half of the
-products (with its half of Wh's columns, which stays in its core's cache) and half of the element-wise
-work. This is model parallelism over the hidden units, as in Megatron-LM's column-parallel layers:
+products (with its half of Wh's columns) and half of the element-wise work. This is model parallelism
+over the hidden units, as in Megatron-LM's column-parallel layers:
 
     forward, step t (process k, units U_k):  z_k = x_t Wx[:, U_k] + h_{t-1} Wh[:, U_k] + b[U_k]
                                              h_t[U_k], c_t[U_k] from z_k            → shared h_t; barrier
     backward, step t:                        dz_k from dh_t[U_k], dc_t[U_k]
-                                             P_k = dz_k Wh[:, U_k]ᵀ  (n, H), shared  → barrier
-                                             dh_{t-1}[U_k] = P_0[:, U_k] + P_1[:, U_k]
+                                             dz_k Wh[U_j, U_k]ᵀ (n, H/2), shared    → barrier
+                                             dh_{t-1}[U_k] = dz_k Wh[U_k, U_k]ᵀ + dz_j Wh[U_k, U_j]ᵀ
 
-(U_k: a unit's columns in all of the cell's gates.) The output layer is small (V columns): both processes
-compute the logits and the softmax, each the gradients of its rows of Wy. The process that calls
+(U_k: process k's units, or their columns in all of the cell's gates; j: the other process.) Each
+process does the part of a step that does not need the other's result while it waits for it: in the
+forward pass, h_t[U_k] Wh[U_k, U_k] as soon as h_t[U_k] is written (``OverlappedForward``); in the
+backward, its own units' part after it has shared the other's (``Share.exchanging``).
+
+The output layer is small (V columns): both processes compute the logits and the softmax, each the
+gradients of its rows of Wy. The process that calls
 ``loss_and_grads`` is worker 0; worker 1 is a child forked on first use, which waits for a batch on a
 pipe between batches (it takes no CPU while evaluation or sampling run). The result is the one-process
 result up to the rounding of the sums (the same arithmetic, split by columns).
@@ -46,13 +51,14 @@ import weakref
 
 import numpy as np
 
-from .cells.base import Packing
+from .cells.base import Packing, as_gates
 from .flat import FlatParams
 from .threads import hold_one_blas_thread, one_blas_thread, release_blas_threads
 
 SPINS = 2000          # a barrier's spins (~0.1 ms) before it gives the core away between its checks
 ALIVE_EVERY = 0.05    # seconds between a waiting barrier's checks that the other process is alive
 IDLE_POLL = 0.002     # seconds the second process polls for its next command before it sleeps
+ROWS_MAX_H = 256      # units up to which the backward's products use copies of Whᵀ (``Share.exchanging``)
 
 
 class WorkerDied(RuntimeError):
@@ -72,11 +78,12 @@ def _shared(shape, dtype):
 
 class Share:
     """One process's side of a split, as a cell sees it (``forward_packed(…, share=…)``): its units
-    ``own`` (a slice of 0 … H), the shared state arrays, the per-step barrier and the exchange of the
-    backward's partial gradients."""
+    ``own`` (a slice of 0 … H; the other's are ``theirs``), the shared state arrays, the meeting points
+    of the two processes, and the recurrent products of its columns of Wh (``recurrent``, ``exchanging``),
+    which overlap each wait with work that does not need the other process's result."""
 
-    def __init__(self, k: int, own: slice, arrays: dict, alive):
-        self.k, self.own, self.a, self.alive = k, own, arrays, alive
+    def __init__(self, k: int, owns: tuple, arrays: dict, alive):
+        self.k, self.own, self.theirs, self.a, self.alive = k, owns[k], owns[1 - k], arrays, alive
         self.mine, self.other = arrays["count"][k], arrays["count"][1 - k]
         self.count = self.parity = 0
 
@@ -85,12 +92,16 @@ class Share:
         them; the initial states are written by worker 0."""
         return (*(self.a[name][:rows] for name in ("hs", "cs")[:count]), self.own)
 
-    def sync(self) -> None:
-        """Wait until the other process has reached the same point (both have called ``sync`` as often):
-        a spin, then — when the other is late, as when more processes than cores share the machine —
-        a wait that gives the core away between checks, and checks that the other is alive."""
+    def arrive(self) -> None:
+        """Tell the other process that this one has reached its next meeting point: what it wrote before
+        is visible to the other (x86 keeps stores in order)."""
         self.count += 1
         self.mine[0] = self.count
+
+    def wait(self) -> None:
+        """Wait until the other process has arrived as often as this one: a spin, then — when the other
+        is late, as when more processes than cores share the machine — a wait that gives the core away
+        between checks, and checks that the other is alive."""
         other = self.other
         for _ in range(SPINS):
             if other[0] >= self.count:
@@ -102,19 +113,87 @@ class Share:
                 self.alive()
                 checked = time.monotonic()
 
-    def exchanging(self, back):
-        """``back(dz, out)`` (a ``RecurrentBackward`` of this process's columns of Wh) turned into the
-        split's: ``out`` receives dh_{t-1} of this process's units, the sum of both processes' parts."""
-        P = self.a["P"]
+    def sync(self) -> None:
+        """Arrive, and wait for the other process to arrive too."""
+        self.arrive()
+        self.wait()
 
-        def exchange(dz, out):
-            n = len(out)
-            mine = P[self.k, self.parity, :n]      # two buffers each, used in turn: a process that runs
-            back(dz, mine)                         # ahead writes the other one
-            self.sync()
-            np.add(mine[:, self.own], P[1 - self.k, self.parity, :n, self.own], out=out)
-            self.parity ^= 1
-        return exchange
+    def recurrent(self, Wh, G: int, pk: Packing) -> "OverlappedForward":
+        """The forward pass's h_{t-1} Wh for this process's columns of Wh (see ``OverlappedForward``)."""
+        return OverlappedForward(self, Wh, G, pk)
+
+    def exchanging(self, Wh):
+        """``back(dz, out)``: ``out`` receives dh_{t-1} of this process's units from the step's gradients of
+        its gates dz (n, G*h) and its columns of Wh (H, G*h): dz Wh[own]ᵀ plus the other process's part,
+        dz' Wh'[own]ᵀ. The part the other needs is computed first and shared, so that the other's wait
+        for it overlaps this process's own part. Each product in the faster of two forms (measured:
+        experiments/benchmarks/README.md, session 12): up to ``ROWS_MAX_H`` units, with contiguous
+        copies of the two blocks of Whᵀ made once per batch; above, Wh[units] dzᵀ (h, n), Wh read in
+        place (a transposed copy costs more than it saves), the sum read transposed."""
+        P, h = self.a["P"], Wh.shape[0] // 2
+        if Wh.shape[0] <= ROWS_MAX_H:
+            mine, theirs = (np.ascontiguousarray(Wh[units].T) for units in (self.own, self.theirs))
+
+            def back(dz, out):
+                n = len(out)
+                np.matmul(dz, theirs, out=P[self.k, self.parity, :n * h].reshape(n, h))
+                self.arrive()                 # two buffers each, used in turn: a process that runs
+                np.matmul(dz, mine, out=out)  # ahead writes the other one
+                self.wait()
+                out += P[1 - self.k, self.parity, :n * h].reshape(n, h)
+                self.parity ^= 1
+        else:
+            mine, theirs, cols = Wh[self.own], Wh[self.theirs], np.empty(P.shape[-1], Wh.dtype)
+
+            def back(dz, out):
+                n = len(out)
+                np.matmul(theirs, dz.T, out=P[self.k, self.parity, :n * h].reshape(h, n))
+                self.arrive()
+                part = np.matmul(mine, dz.T, out=cols[:n * h].reshape(h, n))
+                self.wait()
+                np.add(part.T, P[1 - self.k, self.parity, :n * h].reshape(h, n).T, out=out)
+                self.parity ^= 1
+        return back
+
+
+class OverlappedForward:
+    """``fwd(h)`` → h_{t-1} Wh for a process's columns of Wh (H, G*h), gate-major (G, n, h) (a view, valid
+    until the next call), for the steps of ``pk`` in order; the cell calls ``written(h_t)`` once it has
+    written its units of each step's states.
+
+        h_{t-1} Wh = h_{t-1}[own] Wh[own] + h_{t-1}[theirs] Wh[theirs]
+
+    ``written`` tells the other process, then computes the first term for the next step at once (its
+    rows of h are this process's); ``fwd`` then waits for the other's units and adds the second. A
+    process that is ahead spends its wait on half of the next product instead of spinning.
+    """
+
+    def __init__(self, share: Share, Wh, G: int, pk: Packing):
+        self.share, self.G, self.Wh = share, G, Wh
+        self.mine, self.theirs = Wh[share.own], Wh[share.theirs]
+        self.rows, self.late = (np.empty((pk.B, Wh.shape[1]), Wh.dtype) for _ in range(2))
+        self.next_rows = iter([n for _, n in pk.steps[1:]])
+        self.started = False              # the first term of the next step is in ``rows``
+
+    def __call__(self, h):
+        n = len(h)
+        rows = self.rows[:n]
+        if not self.started:              # the initial states: written before the batch started
+            return as_gates(np.matmul(h, self.Wh, out=rows), self.G)
+        self.share.wait()
+        rows += np.matmul(h[:, self.share.theirs], self.theirs, out=self.late[:n])
+        self.started = False
+        return as_gates(rows, self.G)
+
+    def written(self, h) -> None:
+        """This process's units of h_t (rows of ``h``) are written."""
+        self.share.arrive()
+        n = next(self.next_rows, 0)
+        if n:
+            np.matmul(h[:n, self.share.own], self.mine, out=self.rows[:n])
+            self.started = True
+        else:                             # the last step: whoever reads the states next needs all of them
+            self.share.wait()
 
 
 class UnitSplit:
@@ -172,7 +251,7 @@ class UnitSplit:
         dt, H = self.lm.dtype, self.H
         self.a = {"count": _shared((2, 8), np.int64), "ints": _shared((16 + B + 2 * N,), np.int64),
                   "floats": _shared((4,), np.float64), "opt": _shared((self.OPT_BYTES,), np.uint8),
-                  "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B, H), dt)}
+                  "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B * (H // 2)), dt)}
         self.forked_with = set(self.buffers.keys())
         read, write = os.pipe()
         parent = os.getpid()
@@ -185,7 +264,7 @@ class UnitSplit:
         os.close(read)
         self.starts += 1
         self.child = (pid, write)
-        self.share = Share(0, self.owns[0], self.a, self._child_alive)
+        self.share = Share(0, self.owns, self.a, self._child_alive)
         hold_one_blas_thread()              # while the child lives (released when it is stopped)
         self._finalizer = weakref.finalize(self, _stop, pid, write)
 
@@ -199,7 +278,7 @@ class UnitSplit:
             def parent_alive():
                 if os.getppid() != parent:
                     os._exit(1)
-            share = Share(1, self.owns[1], self.a, parent_alive)
+            share = Share(1, self.owns, self.a, parent_alive)
             with one_blas_thread():
                 os.set_blocking(read, False)
                 while True:

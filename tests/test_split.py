@@ -53,11 +53,17 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
+BACKWARD_FORMS = pytest.mark.parametrize("rows_max_h", [split.ROWS_MAX_H, 0], ids=["rows", "columns"])
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduction, rng):
+@BACKWARD_FORMS
+def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduction, rows_max_h, rng, monkeypatch):
     """Empty and one-step sequences, unsorted lengths, a carried state: the split's results are the one-
-    process results (the same arithmetic, summed in another order)."""
+    process results (the same arithmetic, summed in another order), with either form of the backward's
+    exchange (``Share.exchanging``: copies of Whᵀ up to ``ROWS_MAX_H`` units, Wh in place above)."""
+    monkeypatch.setattr(split, "ROWS_MAX_H", rows_max_h)
     one, two = _pair(cell, reduction=reduction)
     params = one.init_params(rng)
     x, y, mask = _batch(rng)
@@ -73,8 +79,10 @@ def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduct
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gradcheck_of_the_split_path(cell, rng):
+@BACKWARD_FORMS
+def test_gradcheck_of_the_split_path(cell, rows_max_h, rng, monkeypatch):
     """Finite differences of the loss against the gradients the two processes compute."""
+    monkeypatch.setattr(split, "ROWS_MAX_H", rows_max_h)
     _, two = _pair(cell)
     params = two.init_params(rng)
     for name in params:

@@ -41,7 +41,8 @@ class GRU(Cell):
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, dt)
         hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
-        recurrent = RecurrentForward(params["Wh"], 3, B)             # h_{t-1} Wh, (3, n, H)
+        recurrent = (share.recurrent(params["Wh"], 3, pk) if share           # h_{t-1} Wh, (3, n, H)
+                     else RecurrentForward(params["Wh"], 3, B))
         rn = np.empty((B, H), dt)
         p = 0
         for s, n in pk.steps:
@@ -62,7 +63,7 @@ class GRU(Cell):
             new *= u[s:e]
             new += c
             if share:
-                share.sync()
+                recurrent.written(hs[r:r + n])   # for the other process's next step
             p = r
         cache = (x, z, hs, hn, params, pk, own, share)
         return (hs[B:], final_states((hs,), pk)), cache
@@ -103,9 +104,8 @@ class GRU(Cell):
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
-        back, direct = RecurrentBackward(params["Wh"], B), np.empty((B, H), dt)
-        if share:
-            back = share.exchanging(back)                 # each process has its gates' part of it
+        back = share.exchanging(params["Wh"]) if share else RecurrentBackward(params["Wh"], B)
+        direct = np.empty((B, H), dt)
         for s, n in reversed(pk.steps):
             dht, d, dw, e = dh[:n], dxp[:, s:s + n], as_gates(dhw[s:s + n], 3), s + n
             dht += dhs[s:e]

@@ -42,7 +42,8 @@ class LSTM(Cell):
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, cs, own = share.states(B + pk.N, 2) if share else states(state0, B + pk.N, H, dt)
         tanh_c = np.empty((pk.N, H), dt)
-        recurrent = RecurrentForward(params["Wh"], 4, B)             # h_{t-1} Wh, (4, n, H)
+        recurrent = (share.recurrent(params["Wh"], 4, pk) if share           # h_{t-1} Wh, (4, n, H)
+                     else RecurrentForward(params["Wh"], 4, B))
         ig = np.empty((B, H), dt)
         p = 0                                    # first row of the previous step's states
         for s, n in pk.steps:
@@ -58,7 +59,7 @@ class LSTM(Cell):
             np.tanh(c, out=tanh_c[s:e])
             np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n, own])
             if share:
-                share.sync()                     # the other process's units of h_t are written
+                recurrent.written(hs[r:r + n])   # for the other process's next step
             p = r
         cache = (x, z, hs, cs, tanh_c, params, pk, own, share)
         return (hs[B:], final_states((hs, cs), pk)), cache
@@ -93,9 +94,7 @@ class LSTM(Cell):
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next = dh.copy()
         dct = np.empty((B, H), dt)
-        back = RecurrentBackward(params["Wh"], B)
-        if share:
-            back = share.exchanging(back)                      # each process has its gates' part of it
+        back = share.exchanging(params["Wh"]) if share else RecurrentBackward(params["Wh"], B)
         for s, n in reversed(pk.steps):
             dht, e = dh[:n], s + n
             if per_step:                                       # the step's previous states: rows p … p + n
