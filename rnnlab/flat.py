@@ -38,11 +38,13 @@ class FlatParams(dict):
             offset += size
 
     @classmethod
-    def like(cls, other: dict, fill=0, dtype=None) -> "FlatParams":
+    def like(cls, other: dict, fill=0, dtype=None, same_memory: bool = True) -> "FlatParams":
         """A new buffer with the names and shapes of ``other``: filled with ``fill``, or uninitialised
-        (``fill="empty"``); from the same memory as ``other``'s (its ``alloc``) when it is a FlatParams."""
+        (``fill="empty"``); from the same memory as ``other``'s (its ``alloc``: shared memory, for the
+        optimizer's moments of parameters that ``rnnlab.split`` moved there) when it is a FlatParams, unless
+        ``same_memory`` is False (a short-lived buffer: a batch's gradients, an average)."""
         return cls(other, dtype=dtype or np.result_type(*other.values()), fill=fill,
-                   alloc=getattr(other, "alloc", None))
+                   alloc=getattr(other, "alloc", None) if same_memory else None)
 
     @classmethod
     def over(cls, flat, layout) -> "FlatParams":

@@ -99,7 +99,7 @@ class Optimizer:
         ``FlatParams``; ``params`` themselves before the first update or without ``ema``."""
         if not self.ema or self.t == 0:
             return params
-        out = FlatParams.like(params, fill="empty")
+        out = FlatParams.like(params, fill="empty", same_memory=False)
         for name in out:
             np.divide(self.buffers[name]["avg"], 1 - self.ema ** self.t, out=out[name])
         return out

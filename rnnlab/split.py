@@ -395,10 +395,16 @@ class UnitSplit:
     def update(self, optimizer, params, grads) -> None:
         """``optimizer.step(params, grads)`` with its element-wise passes split between the two processes
         (the same result: the update is element-wise). The first call moves ``params`` into shared memory
-        (``FlatParams.relocate``), which the optimizer's moments, made like them, then share."""
-        if not (isinstance(params, FlatParams) and params.same_layout(grads) and self.key_of(grads.flat) is not None):
+        (``FlatParams.relocate``), which the optimizer's moments, made like them, then share. Gradients of
+        a batch that ran in one process (too little work to split, or sharded) are copied into the shared
+        gradient buffer first."""
+        if not (isinstance(params, FlatParams) and params.same_layout(grads) and self.grads is not None
+                and self.grads.same_layout(grads)):
             optimizer.step(params, grads)
             return
+        if self.key_of(grads.flat) is None:       # a batch that ran in one process: its gradients where the
+            np.copyto(self.grads.flat, grads.flat)          # child sees them (one pass; the split halves ~12)
+            grads = self.grads
         if self.key_of(params.flat) is None:
             params.relocate(self.alloc)
         optimizer.step(params, grads, shared=self._split_update)

@@ -123,6 +123,35 @@ def test_training_with_the_split_equals_one_process(optimizer, options, rng):
     assert two._split.capacity[0] == int(5 * 1.25) + 1  # 5 sequences, with headroom: not grown by the restart
 
 
+def test_batches_that_do_not_split_between_ones_that_do_keep_the_child_and_the_result(rng, monkeypatch):
+    """A model whose batches alternate between split (enough work), one pass and two shards: the same
+    training as in one process, and the child is not restarted by the batches that did not split (their
+    gradients are private memory, copied into the shared buffer for the optimizer's split step)."""
+    monkeypatch.setattr(CharLM, "MIN_SPLIT_WORK", 4 * H * 12)       # from 12 real positions
+    monkeypatch.setattr(CharLM, "MIN_SHARD_WORK", 1)
+    one, two = _pair()
+    runs = []
+    for lm in (one, two):
+        params = lm.init_params(np.random.default_rng(0))
+        opt, clip = OPTIMIZERS.build("adam", lr=0.05), NormClip(0.5)
+        data = np.random.default_rng(1)
+        for step in range(12):
+            lengths = [(6, 6, 3, 5, 1), (2, 3), (4,)][step % 3]      # 21, 5 (two shards), 4 positions
+            x, y, mask = _batch(data, B=len(lengths), lengths=lengths)
+            _, grads, _ = lm.loss_and_grads(params, x, y, mask)
+            clip(grads)
+            lm.update(opt, params, grads)
+        runs.append((params, opt.state_dict()))
+    (p1, s1), (p2, s2) = runs
+    for name in p1:
+        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    for key in s1:
+        np.testing.assert_allclose(s2[key], s1[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    assert two.shards(2, 5) != [slice(0, 2)]                  # the batch of two ran in two shards
+    assert two._split.starts == 2                             # the first batch, then once the moments existed
+    assert len(two._split.buffers) == 5                       # parameters, gradients, two moments, the staging
+
+
 def test_where_the_split_applies():
     assert CharLM(V, "lstm", 6, threads=2).splits_units and CharLM(V, "gru", 6, threads=2).splits_units
     assert CharLM(V, "lstm", 6, threads=2, weight_dropout=0.3, embedding_dropout=0.1).splits_units
