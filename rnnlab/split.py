@@ -251,7 +251,8 @@ class UnitSplit:
         dt, H = self.lm.dtype, self.H
         self.a = {"count": _shared((2, 8), np.int64), "ints": _shared((16 + B + 2 * N,), np.int64),
                   "floats": _shared((4,), np.float64), "opt": _shared((self.OPT_BYTES,), np.uint8),
-                  "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B * (H // 2)), dt)}
+                  "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B * (H // 2)), dt),
+                  "dlogits": _shared((self.lm.vocab_size, N), dt)}
         self.forked_with = set(self.buffers.keys())
         read, write = os.pipe()
         parent = os.getpid()
@@ -377,14 +378,19 @@ class UnitSplit:
         out = {name: lm.cell.workspace("split d" + name, p[name].shape, p[name].dtype) for name in cell}
         Wy = params["Wy"]
         (_, final), cache = lm.cell.forward_packed(ids, None, p, pk, share=share)
-        top = self.a["hs"][B:B + N]
-        logits = top @ Wy
+        # The output layer: each process the loss and logits' gradient of half of the positions, shared;
+        # then each its rows of Wy's gradient and its units' part of the gradient reaching h, from all.
+        top, dlogits, losses = self.a["hs"][B:B + N], self.a["dlogits"][:, :N], self.a["floats"][1:3]
+        rows = slice(0, N // 2) if share.k == 0 else slice(N // 2, N)
+        logits = top[rows] @ Wy
         logits += params["by"]
-        total, dlogits = output_gradient(logits, y, scale, lm.dtype)
+        losses[share.k], dlogits[:, rows] = output_gradient(logits, y[rows], scale, lm.dtype)
+        share.sync()
         np.matmul(top[:, own].T, dlogits.T, out=grads["Wy"][own])
         if share.k == 0:
             np.sum(dlogits, axis=1, out=grads["by"])
         dhs = np.matmul(dlogits.T, Wy[own].T)
+        total = float(losses.sum())
         lm.cell.backward_packed(dhs, cache, None, out=out)
         for name in cell:
             units_of(grads[f"l0.{name}"], G[name], own)[...] = units_of(out[name], G[name], slice(None))
