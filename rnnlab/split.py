@@ -20,9 +20,10 @@ process does the part of a step that does not need the other's result while it w
 forward pass, h_t[U_k] Wh[U_k, U_k] as soon as h_t[U_k] is written (``OverlappedForward``); in the
 backward, its own units' part after it has shared the other's (``Share.exchanging``).
 
-The output layer is small (V columns): both processes compute the logits and the softmax, each the
-gradients of its rows of Wy. The process that calls
-``loss_and_grads`` is worker 0; worker 1 is a child forked on first use, which waits for a batch on a
+The output layer is small (V columns): each process computes the logits, the loss and their gradient at
+half of the positions, shares the gradient (a barrier), and computes its rows of Wy's gradient and its
+units' part of the gradient reaching h from all of them. The process that calls ``loss_and_grads`` is
+worker 0; worker 1 is a child forked on first use, which waits for a batch on a
 pipe between batches (it takes no CPU while evaluation or sampling run). The result is the one-process
 result up to the rounding of the sums (the same arithmetic, split by columns).
 
