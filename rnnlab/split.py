@@ -281,6 +281,7 @@ class UnitSplit:
                 if os.getppid() != parent:
                     os._exit(1)
             share = Share(1, self.owns, self.a, parent_alive)
+            views = {}            # key → named views of a shared buffer (a key's buffer never changes)
             with one_blas_thread():
                 os.set_blocking(read, False)
                 while True:
@@ -288,7 +289,10 @@ class UnitSplit:
                     ints, floats = self.a["ints"], self.a["floats"]
                     if op == b"b":
                         B, N, kp, kg = (int(v) for v in ints[:4])
-                        params, grads = (FlatParams.over(self.buffers[k], self.layout) for k in (kp, kg))
+                        for k in (kp, kg):
+                            if k not in views:
+                                views[k] = FlatParams.over(self.buffers[k], self.layout)
+                        params, grads = views[kp], views[kg]
                         lengths, ids, y = ints[16:16 + B], ints[16 + B:16 + B + N], ints[16 + B + N:16 + B + 2 * N]
                         self._half(share, params, grads, ids, y, Packing(lengths), float(floats[0]))
                     elif op == b"u":
