@@ -95,29 +95,42 @@ def test_gradcheck_of_the_split_path(cell, rows_max_h, rng, monkeypatch):
     assert max(errors.values()) < 1e-6, errors
 
 
+def _train(lm, batch, steps: int, optimizer="adam", **options):
+    """``steps`` clipped optimizer steps of ``lm`` on ``batch(step, rng)`` → (x, y, mask), with dropout masks
+    drawn from a seed per step: (parameters, optimizer state)."""
+    params = lm.init_params(np.random.default_rng(0))
+    opt, clip = OPTIMIZERS.build(optimizer, lr=0.05, **options), NormClip(0.5)
+    data = np.random.default_rng(1)
+    for step in range(steps):
+        x, y, mask = batch(step, data)
+        _, grads, _ = lm.loss_and_grads(params, x, y, mask, rng=np.random.default_rng(step))
+        clip(grads)
+        lm.update(opt, params, grads)
+    return params, opt.state_dict()
+
+
+def _assert_same_training(one, two):
+    """The parameters and optimizer states of two ``_train`` results agree (the split's sums in another order)."""
+    (p1, s1), (p2, s2) = one, two
+    for name in p1:
+        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    assert s1.keys() == s2.keys() and s1["t"] == s2["t"]
+    for key in s1:
+        np.testing.assert_allclose(s2[key], s1[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
 @pytest.mark.parametrize("optimizer, options", [("adam", {"weight_decay": 0.1, "ema": 0.9}),
                                                 ("momentum", {}), ("rmsprop", {"weight_decay": 0.01})])
 def test_training_with_the_split_equals_one_process(optimizer, options, rng):
     """Twenty steps of names-like batches, each clipped and stepped (the optimizer's passes split between
     the processes too): the same parameters and optimizer state as in one process."""
     one, two = _pair(weight_dropout=0.2)          # DropConnect: the split then computes with a masked copy
-    runs = []
-    for lm in (one, two):
-        params = lm.init_params(np.random.default_rng(0))
-        opt, clip = OPTIMIZERS.build(optimizer, lr=0.05, **options), NormClip(0.5)
-        data = np.random.default_rng(1)
-        for step in range(20):
-            x, y, mask = _batch(data, lengths=data.integers(1, 7, 5))
-            _, grads, _ = lm.loss_and_grads(params, x, y, mask, rng=np.random.default_rng(step))
-            clip(grads)
-            lm.update(opt, params, grads)
-        runs.append((params, opt.state_dict()))
-    (p1, s1), (p2, s2) = runs
-    for name in p1:
-        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-9, atol=1e-12, err_msg=name)
-    assert s1.keys() == s2.keys() and s1["t"] == s2["t"] == 20
-    for key in s1:
-        np.testing.assert_allclose(s2[key], s1[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+    def batch(step, data):
+        return _batch(data, lengths=data.integers(1, 7, 5))
+    (p1, s1), (p2, s2) = runs = [_train(lm, batch, 20, optimizer, **options) for lm in (one, two)]
+    _assert_same_training(*runs)
+    assert s2["t"] == 20
     assert two._split.key_of(p2.flat) is not None      # the parameters now live in shared memory
     assert two._split.starts == 2                       # the first batch, then once the moments existed
     assert two._split.capacity[0] == int(5 * 1.25) + 1  # 5 sequences, with headroom: not grown by the restart
@@ -130,26 +143,14 @@ def test_batches_that_do_not_split_between_ones_that_do_keep_the_child_and_the_r
     monkeypatch.setattr(CharLM, "MIN_SPLIT_WORK", 4 * H * 12)       # from 12 real positions
     monkeypatch.setattr(CharLM, "MIN_SHARD_WORK", 1)
     one, two = _pair()
-    runs = []
-    for lm in (one, two):
-        params = lm.init_params(np.random.default_rng(0))
-        opt, clip = OPTIMIZERS.build("adam", lr=0.05), NormClip(0.5)
-        data = np.random.default_rng(1)
-        for step in range(12):
-            lengths = [(6, 6, 3, 5, 1), (2, 3), (4,)][step % 3]      # 21, 5 (two shards), 4 positions
-            x, y, mask = _batch(data, B=len(lengths), lengths=lengths)
-            _, grads, _ = lm.loss_and_grads(params, x, y, mask)
-            clip(grads)
-            lm.update(opt, params, grads)
-        runs.append((params, opt.state_dict()))
-    (p1, s1), (p2, s2) = runs
-    for name in p1:
-        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-9, atol=1e-12, err_msg=name)
-    for key in s1:
-        np.testing.assert_allclose(s2[key], s1[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+    def batch(step, data):
+        lengths = [(6, 6, 3, 5, 1), (2, 3), (4,)][step % 3]      # 21, 5 (two shards), 4 positions
+        return _batch(data, B=len(lengths), lengths=lengths)
+    _assert_same_training(*(_train(lm, batch, 12) for lm in (one, two)))
     assert two.shards(2, 5) != [slice(0, 2)]                  # the batch of two ran in two shards
     assert two._split.starts == 2                             # the first batch, then once the moments existed
-    assert len(two._split.buffers) == 5                       # parameters, gradients, two moments, the staging
+    assert two._split._last_key == 5          # shared buffers made in all: parameters, gradients, two moments, staging
 
 
 def test_where_the_split_applies():
