@@ -52,7 +52,7 @@ class RunSettings(TrainOptions, LearningRate):
     """The top-level options of a run (``python -m rnnlab steps=3000 lr=0.003``): ``lr``, the training
     loop's options (``TrainOptions``: steps, batch_size, seed, eval_every, …) and these."""
     dtype: str = option("float32", "float32 (fast) or float64 (exact checks)", {"float32": None, "float64": None})
-    threads: int = option(0, "CPUs sharing a training batch: from 2, a one-layer LSTM or GRU with enough work "
+    threads: int = option(0, "CPUs sharing a training batch: from 2, a one-layer RNN, LSTM or GRU with enough work "
                           "splits its hidden units between two processes, other models the batch's sequences "
                           "between threads", ">= 0",
                           zero="one per available CPU")

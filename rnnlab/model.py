@@ -79,11 +79,12 @@ class CharLM:
     # real positions × gates × hidden size); below, per-step overhead and the GIL eat the gain
     # (measured: experiments/benchmarks/README.md, session 4, "Batch shards re-decided").
     MIN_SHARD_WORK = 1_000_000
-    # A unit split (two processes, ``rnnlab.split``) pays from this many gate values in a batch (its real
-    # positions × gates × hidden size), or from this many parameters (its optimizer step is split too);
-    # below both, its fixed costs (a second process to start on each batch, a barrier at each step) exceed
-    # what halving the work saves (measured: experiments/benchmarks/README.md, session 11).
-    MIN_SPLIT_WORK, MIN_SPLIT_PARAMS = 200_000, 500_000
+    # A unit split (two processes, ``rnnlab.split``) pays from this many multiply-adds in a batch's recurrent
+    # products (its real positions × gates × hidden size²), or from this many parameters (its optimizer step
+    # is split too); below both, its fixed costs (a command to the second process on each batch, a barrier
+    # at each step, more calls) exceed what halving the work saves (measured for the three cells:
+    # experiments/benchmarks/README.md, sessions 11 and 12).
+    MIN_SPLIT_WORK, MIN_SPLIT_PARAMS = 12_000_000, 500_000
     REGULARISERS = ("dropout", "locked_dropout", "weight_dropout", "embedding_dropout", "ar", "tar")
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
@@ -374,7 +375,7 @@ class CharLM:
         """Whether a batch of ``positions`` real steps in all has the work for a unit split to pay."""
         G, H, V = self.cell.gates, self.hidden_size, self.vocab_size
         params = G * H * (V + H + 1) + H * (V + 1)        # about: the cell's and the output layer's
-        return positions * G * H >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
+        return positions * G * H * H >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
 
     def _unit_split(self) -> "split.UnitSplit":
         if self.__dict__.get("_split") is None:

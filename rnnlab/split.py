@@ -28,7 +28,7 @@ pipe between batches (it takes no CPU while evaluation or sampling run). The res
 result up to the rounding of the sums (the same arithmetic, split by columns).
 
 Used by ``CharLM.loss_and_grads`` when ``threads >= 2`` and ``CharLM.splits_units`` says the model allows
-it (a cell that supports it — the LSTM and the GRU; the RNN's steps are too small to pay —, one layer,
+it (a cell that supports it — the RNN, the LSTM and the GRU, not the layer-normalised LSTM —, one layer,
 one-hot input, no dropout of units, no activation regularisation), for batches with the work to pay
 (``CharLM.split_pays``), on Linux on x86-64 (the spin barrier relies on x86's store order); then
 ``CharLM.update`` splits the optimizer step too. Faults: a worker that dies makes the other raise

@@ -56,7 +56,7 @@ def _alive(pid: int) -> bool:
 BACKWARD_FORMS = pytest.mark.parametrize("rows_max_h", [split.ROWS_MAX_H, 0], ids=["rows", "columns"])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @BACKWARD_FORMS
 def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduction, rows_max_h, rng, monkeypatch):
@@ -78,7 +78,7 @@ def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduct
     assert two._split.starts == 1
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @BACKWARD_FORMS
 def test_gradcheck_of_the_split_path(cell, rows_max_h, rng, monkeypatch):
     """Finite differences of the loss against the gradients the two processes compute."""
@@ -140,7 +140,7 @@ def test_batches_that_do_not_split_between_ones_that_do_keep_the_child_and_the_r
     """A model whose batches alternate between split (enough work), one pass and two shards: the same
     training as in one process, and the child is not restarted by the batches that did not split (their
     gradients are private memory, copied into the shared buffer for the optimizer's split step)."""
-    monkeypatch.setattr(CharLM, "MIN_SPLIT_WORK", 4 * H * 12)       # from 12 real positions
+    monkeypatch.setattr(CharLM, "MIN_SPLIT_WORK", 4 * H * H * 12)   # from 12 real positions
     monkeypatch.setattr(CharLM, "MIN_SHARD_WORK", 1)
     one, two = _pair()
 
@@ -154,22 +154,27 @@ def test_batches_that_do_not_split_between_ones_that_do_keep_the_child_and_the_r
 
 
 def test_where_the_split_applies():
-    assert CharLM(V, "lstm", 6, threads=2).splits_units and CharLM(V, "gru", 6, threads=2).splits_units
+    assert all(CharLM(V, cell, 6, threads=2).splits_units for cell in ("lstm", "gru", "rnn"))
     assert CharLM(V, "lstm", 6, threads=2, weight_dropout=0.3, embedding_dropout=0.1).splits_units
-    for kw in ({"threads": 1}, {"cell": "rnn"}, {"cell": "lnlstm"}, {"num_layers": 2},
+    for kw in ({"threads": 1}, {"cell": "lnlstm"}, {"num_layers": 2},
                {"embedding_size": 4}, {"dropout": 0.2}, {"ar": 1.0}, {"hidden_size": 7}):
         opts = {"vocab_size": V, "cell": "lstm", "hidden_size": 6, "threads": 2, **kw}
         assert not CharLM(**opts).splits_units, kw
 
 
 def test_when_a_split_pays(monkeypatch):
-    """From 200,000 gate values in a batch or 500,000 parameters (measured; see MIN_SPLIT_WORK)."""
+    """From 12 M multiply-adds in a batch's recurrent products or 500,000 parameters (measured; see
+    MIN_SPLIT_WORK)."""
     monkeypatch.undo()
     names = 412                                           # real positions of a names batch of 32, about
-    assert not CharLM(27, "lstm", 64, threads=2).split_pays(names)        # 105 k gate values, 25 k parameters
-    assert CharLM(27, "lstm", 64, threads=2).split_pays(4 * names)        # a batch of 128
+    assert not CharLM(27, "lstm", 64, threads=2).split_pays(names)        # 6.8 M, 25 k parameters
+    assert CharLM(27, "lstm", 64, threads=2).split_pays(4 * names)        # a batch of 128: 27 M
+    assert CharLM(27, "gru", 64, threads=2).split_pays(3.9 * names)       # 20 M
+    assert not CharLM(27, "rnn", 64, threads=2).split_pays(4 * names)     # 6.8 M
+    assert CharLM(27, "rnn", 256, threads=2).split_pays(names)            # 27 M
     assert CharLM(27, "gru", 256, threads=2).split_pays(names)
     assert not CharLM(27, "gru", 256, threads=2).split_pays(9)            # a single name, 200 k parameters
+    assert not CharLM(27, "rnn", 512, threads=2).split_pays(12)           # 3 M, 290 k parameters
     assert CharLM(27, "lstm", 512, threads=2).split_pays(9)               # 1.1 M parameters
     rng = np.random.default_rng(0)
     lm = CharLM(27, "lstm", 64, threads=2)

@@ -2,7 +2,7 @@
 model without the split, side by side in one process, alternating rounds (the machine is shared: only
 ratios taken within one run count).
 
-    python experiments/benchmarks/unit_split.py                          # the grid's LSTM and GRU points
+    python experiments/benchmarks/unit_split.py                          # the grid's RNN, LSTM and GRU points
     python experiments/benchmarks/unit_split.py --points lstm:64:32,gru:512:1
 
 A step is what the training loop does: loss_and_grads, global-norm clip 5, the optimizer step (Adam) through
@@ -31,7 +31,7 @@ from rnnlab.clipping import NormClip
 from rnnlab.model import CharLM
 from rnnlab.optim import Adam
 
-GRID = [f"{cell}:{H}:{B}" for cell in ("lstm", "gru") for H in (64, 256, 512) for B in (1, 32, 128)]
+GRID = [f"{cell}:{H}:{B}" for cell in ("rnn", "lstm", "gru") for H in (64, 256, 512) for B in (1, 32, 128)]
 BATCHES = {1: 200, 32: 40, 128: 20}
 
 
@@ -57,7 +57,7 @@ def trainer(cls, cell, H, V):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points", default=",".join(GRID), help="cell:H:B,… (default: the grid's LSTM and GRU)")
+    ap.add_argument("--points", default=",".join(GRID), help="cell:H:B,… (default: the grid's cells)")
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args(argv)
     for point in args.points.split(","):

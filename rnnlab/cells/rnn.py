@@ -5,32 +5,40 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step
+from .base import Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step, states
 
 
 @CELLS.register("rnn")
 class RNN(Cell):
     gates = 1
     state_size = 1
+    splits_units = True
 
-    def forward_packed(self, x, state0, params, pk):
-        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``.
+    def forward_packed(self, x, state0, params, pk, share=None):
+        """x: (N,) ids or (N, D); state0: (h0,) with h0 (B, H); pk: the batch's ``Packing``; share: None,
+        or this process's ``split.Share`` (see ``LSTM.forward_packed``).
 
         Returns ((hs (N, H), (h_final,)), cache).
         """
         Wh = params["Wh"]
         xp = project_inputs(x, params["Wx"], params["b"], 1)[0]
         B, H = pk.B, Wh.shape[0]
-        hs = np.empty((B + pk.N, H), xp.dtype)   # initial states, then one row per packed step
-        hs[:B] = state0[0]
+        hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, xp.dtype)
+        recurrent = share.recurrent(Wh, 1, pk) if share else None
         p = 0
         for o, n in pk.steps:
-            h = hs[B + o:B + o + n]
-            np.matmul(hs[p:p + n], Wh, out=h)
-            h += xp[o:o + n]
+            r = B + o
+            h = hs[r:r + n, own]
+            if share:
+                np.add(recurrent(hs[p:p + n])[0], xp[o:o + n], out=h)
+            else:
+                np.matmul(hs[p:p + n], Wh, out=h)
+                h += xp[o:o + n]
             np.tanh(h, out=h)
-            p = B + o
-        cache = (x, hs, params, pk)
+            if share:
+                recurrent.written(hs[r:r + n])   # for the other process's next step
+            p = r
+        cache = (x, hs, params, pk, own, share)
         return (hs[B:], final_states((hs,), pk)), cache
 
     def internals_packed(self, cache):
@@ -44,11 +52,17 @@ class RNN(Cell):
 
         Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0,))).
         """
-        x, hs, params, pk = cache
-        WhT = np.ascontiguousarray(params["Wh"].T)   # a copy: BLAS multiplies by it faster than by a view
-        B, H = pk.B, hs.shape[1]
+        x, hs, params, pk, own, share = cache
+        if share:
+            back = share.exchanging(params["Wh"])   # each process has its units' part of it
+        else:
+            WhT = np.ascontiguousarray(params["Wh"].T)   # a copy: BLAS multiplies by it faster than by a view
+
+            def back(d, out):
+                np.matmul(d, WhT, out=out)
+        B, H = pk.B, params["Wh"].shape[1]
         dz = self.workspace("dz", (pk.N, H), hs.dtype)
-        np.multiply(hs[B:], hs[B:], out=dz)     # tanh' = 1 - h², for all rows at once
+        np.multiply(hs[B:, own], hs[B:, own], out=dz)     # tanh' = 1 - h², for all rows at once
         np.subtract(1, dz, out=dz)
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), hs.dtype) if dstate is None else np.array(dstate[0], hs.dtype)
@@ -59,7 +73,7 @@ class RNN(Cell):
             if dh_steps is not None:
                 dh_steps[o:o + n] = dht
             d *= dht
-            np.matmul(d, WhT, out=dh_next[:n])
+            back(d, dh_next[:n])
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, hs.dtype)
         np.matmul(pk.previous(hs).T, dz, out=dWh)
