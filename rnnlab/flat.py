@@ -38,11 +38,11 @@ class FlatParams(dict):
             offset += size
 
     @classmethod
-    def like(cls, other: dict, fill=0, dtype=None, same_memory: bool = True) -> "FlatParams":
+    def like(cls, other: dict, fill=0, dtype=None, same_memory: bool = False) -> "FlatParams":
         """A new buffer with the names and shapes of ``other``: filled with ``fill``, or uninitialised
-        (``fill="empty"``); from the same memory as ``other``'s (its ``alloc``: shared memory, for the
-        optimizer's moments of parameters that ``rnnlab.split`` moved there) when it is a FlatParams, unless
-        ``same_memory`` is False (a short-lived buffer: a batch's gradients, an average)."""
+        (``fill="empty"``); in private memory, or with ``same_memory`` from the same memory as ``other``'s
+        when it is a FlatParams (its ``alloc``: shared memory for buffers that live beside parameters which
+        ``rnnlab.split`` moved there — the optimizer's moments, the split's gradients)."""
         return cls(other, dtype=dtype or np.result_type(*other.values()), fill=fill,
                    alloc=getattr(other, "alloc", None) if same_memory else None)
 

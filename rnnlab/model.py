@@ -416,7 +416,7 @@ class CharLM:
         (logits, final), (caches, top, units, ids, raw, lay) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
         total, dlogits = output_gradient(logits, y, scale, self.dtype)
-        grads = FlatParams.like(params, fill="empty", dtype=self.dtype, same_memory=False)
+        grads = FlatParams.like(params, fill="empty", dtype=self.dtype)
         np.matmul(top.T, dlogits.T, out=grads["Wy"])
         np.sum(dlogits, axis=1, out=grads["by"])
         dhs = np.matmul(dlogits.T, params["Wy"].T)

@@ -99,7 +99,7 @@ class Optimizer:
         ``FlatParams``; ``params`` themselves before the first update or without ``ema``."""
         if not self.ema or self.t == 0:
             return params
-        out = FlatParams.like(params, fill="empty", same_memory=False)
+        out = FlatParams.like(params, fill="empty")
         for name in out:
             np.divide(self.buffers[name]["avg"], 1 - self.ema ** self.t, out=out[name])
         return out
@@ -120,7 +120,7 @@ class Optimizer:
         (a restored state is copied in)."""
         flat = self.__dict__.get("_flat")
         if flat is None or not flat[0].same_layout(params):
-            slots = {slot: FlatParams.like(params, fill=0) for slot in self.slots}
+            slots = {slot: FlatParams.like(params, fill=0, same_memory=True) for slot in self.slots}
             for name, named in self.buffers.items():
                 for slot, value in named.items():
                     if slot in slots and name in params:

@@ -23,9 +23,9 @@ backward, its own units' part after it has shared the other's (``Share.exchangin
 The output layer is small (V columns): each process computes the logits, the loss and their gradient at
 half of the positions, shares the gradient (a barrier), and computes its rows of Wy's gradient and its
 units' part of the gradient reaching h from all of them. The process that calls ``loss_and_grads`` is
-worker 0; worker 1 is a child forked on first use, which waits for a batch on a
-pipe between batches (it takes no CPU while evaluation or sampling run). The result is the one-process
-result up to the rounding of the sums (the same arithmetic, split by columns).
+worker 0; worker 1 is a child forked on first use, which waits for a batch on a pipe between batches (it
+takes no CPU while evaluation or sampling run). The result is the one-process result up to the rounding
+of the sums (the same arithmetic, split by columns).
 
 Used by ``CharLM.loss_and_grads`` when ``threads >= 2`` and ``CharLM.splits_units`` says the model allows
 it (a cell that supports it — the RNN, the LSTM and the GRU, not the layer-normalised LSTM —, one layer,
@@ -347,7 +347,7 @@ class UnitSplit:
         if not (isinstance(params, FlatParams) and self.key_of(params.flat) is not None):
             params = self._staged(params)        # not (yet) in shared memory: a copy there
         if self.grads is None or not self.grads.same_layout(params):
-            self.grads = FlatParams.like(params, fill=0)
+            self.grads = FlatParams.like(params, fill=0, same_memory=True)
         self.layout = params.layout
         B, N = pk.B, pk.N
         kp, kg = self._ready(B, N, (params.flat, self.grads.flat))
