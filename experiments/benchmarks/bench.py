@@ -225,6 +225,23 @@ def matmul_rate(dtype="float32", n=1024, repeats=7) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+def machine() -> dict:
+    """What the ratios depend on besides the code: the CPU, the SIMD extensions NumPy's loops found (its
+    float32 tanh is several times slower without AVX-512), and the BLAS with the kernels it chose."""
+    from threadpoolctl import threadpool_info
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), None) if cpuinfo.exists() else None
+    try:        # what numpy.show_runtime() prints as "found" (no public getter)
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+        simd = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    except ImportError:
+        simd = None
+    blas = [{k: d.get(k) for k in ("internal_api", "version", "architecture")}
+            for d in threadpool_info() if d.get("user_api") == "blas"]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "numpy": np.__version__, "numpy_simd_found": simd, "blas": blas}
+
+
 def flops_per_char(cell, H, V) -> float:
     return 3 * 2 * (GATES[cell] * H * H + H * V)
 
@@ -288,7 +305,8 @@ def main():
     ceiling = [r["products_only_ratio"] for r in rows if r["dtype"] == "float32"]
     summary = {"geomean_ratio_float32": float(np.exp(np.mean(np.log(f32)))), "min_ratio_float32": min(f32),
                "geomean_products_only_ratio_float32": float(np.exp(np.mean(np.log(ceiling)))),
-               "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "threads": int(THREADS)}
+               "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "threads": int(THREADS),
+               "machine": machine()}
     print(json.dumps(summary, indent=1))
     Path(args.out).write_text(json.dumps({"summary": summary, "points": rows}, indent=1))
     table = [("| cell | H | B | dtype | rnnlab chars/s | PyTorch chars/s | ratio | of bound | products alone: "
