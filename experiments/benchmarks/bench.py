@@ -226,8 +226,8 @@ def matmul_rate(dtype="float32", n=1024, repeats=7) -> float:
 
 
 def machine() -> dict:
-    """What the ratios depend on besides the code: the CPU, the SIMD extensions NumPy's loops found (its
-    float32 tanh is several times slower without AVX-512), and the BLAS with the kernels it chose."""
+    """What the ratios depend on besides the code: the CPU, the SIMD extensions NumPy's loops found, and the
+    BLAS with the kernels it chose (experiments/benchmarks/README.md, session 13: an AVX2 machine)."""
     from threadpoolctl import threadpool_info
     cpuinfo = Path("/proc/cpuinfo")
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
