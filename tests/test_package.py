@@ -87,14 +87,18 @@ def test_core_imports_no_framework():
 
 
 def test_benchmark_worker_runs_without_torch():
-    """The benchmark's rnnlab side (the PyTorch side needs the optional torch install)."""
+    """The benchmark's rnnlab side (the PyTorch side needs the optional torch install), driven as bench.py
+    drives it: ready, then a timed pass per command, then its peak memory."""
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "bench.py"), "--worker",
-                          "rnnlab", "lstm", "16", "4", "float32", "5", "1"], capture_output=True, text=True,
-                         cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+                          "rnnlab", "lstm", "16", "4", "float32", "5"], input="pass\npass\nend\n",
+                         capture_output=True, text=True, cwd=ROOT,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert out.returncode == 0, out.stderr
     import json
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["chars_per_sec"] > 0 and result["peak_rss_mib"] > 0
+    ready, *passes, end = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert ready == {"ready": "rnnlab"} and len(passes) == 2
+    assert all(p["chars_per_sec"] > 0 and p["products_only_chars_per_sec"] > 0 for p in passes)
+    assert end["peak_rss_mib"] > 0
 
 
 def ruff(*args, stdin=None):

@@ -6,9 +6,12 @@
 Both frameworks train the same model on the same batches: one-hot input → cell → linear output →
 masked softmax cross-entropy, Adam, global-norm clip 5, 2 threads. A batch is B names of the built-in
 dataset padded to the longest and masked. Throughput is trained characters per second (forward,
-backward, clipping, optimizer step), the median of repeated timed runs; every point runs in its own
-process so that its peak memory (max RSS) is its own. The machine's bound for a point is the matrix-
-multiply rate NumPy's BLAS reaches here (measured by this command) divided by the FLOPs one trained
+backward, clipping, optimizer step) of a timed pass over the point's batches. Each framework runs in its
+own process, so that its peak memory (max RSS) is its own, and the two take their timed passes in turn
+(rnnlab, PyTorch, PyTorch, rnnlab, …): a ratio is the median over the rounds of the ratio within a round,
+two passes seconds apart, since a shared machine's speed drifts from minute to minute. The machine's
+bound for a point is the matrix-multiply rate NumPy's BLAS reaches here (measured just before each of
+rnnlab's passes, in its round's ratio) divided by the FLOPs one trained
 character costs in the matrix products: 3 × 2·(G·H·H + H·V), G the cell's gates (forward, and the
 two products of the backward pass). "Products alone" is the ratio rnnlab would reach if its element-wise
 work cost nothing: the same matrix products at their exact packed (per-step) shapes, timed on their
@@ -31,6 +34,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,28 +116,37 @@ def torch_trainer(cell, H, V, dtype, lr=0.001):
     return step, val_loss
 
 
-def worker(framework, cell, H, B, dtype, steps, repeats):
-    """Train one point; print JSON with the median chars/s and the process's peak RSS."""
+def worker(framework, cell, H, B, dtype, steps):
+    """One framework's side of a point, driven through stdin by ``Point``: it builds the trainer, warms it up
+    and says ``{"ready": …}``; at each ``pass`` it trains once over the batches and prints that pass's chars/s
+    (rnnlab: also the products alone, timed right after); at ``end`` it prints the process's peak RSS. One
+    JSON line per answer on stdout."""
     V, data = batches(B, steps)
     step, _ = (rnnlab_trainer if framework == "rnnlab" else torch_trainer)(cell, H, V, dtype)
     chars = sum(float(b.mask.sum()) for b in data)
     for b in data[:3]:
         step(b)  # warm-up
-    rates = []
-    for _ in range(repeats):
+    say({"ready": framework})
+    loss = 0.0
+    for command in sys.stdin:
+        if command.strip() == "end":
+            break
         t0 = time.perf_counter()
         for b in data:
             loss = step(b)
-        rates.append(chars / (time.perf_counter() - t0))
+        result = {"chars_per_sec": chars / (time.perf_counter() - t0)}
+        if framework == "rnnlab":
+            result["products_only_chars_per_sec"] = products_only(cell, H, V, dtype, data, repeats=1)
+        say(result)
     assert math.isfinite(loss)
     del step
     gc.collect()                # ends the unit split's second process, if any (rnnlab/split.py) …
     peak = sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    peak /= 1024                # … so that its peak counts too (summed: pages the two share count twice); MiB
-    result = {"chars_per_sec": statistics.median(rates), "peak_rss_mib": peak, "rates": rates}
-    if framework == "rnnlab":
-        result["products_only_chars_per_sec"] = products_only(cell, H, V, dtype, data, repeats)
-    print(json.dumps(result))
+    say({"peak_rss_mib": peak / 1024})   # … so that its peak counts too (summed: pages the two share count twice)
+
+
+def say(message: dict) -> None:
+    print(json.dumps(message), flush=True)
 
 
 def step_sizes(data) -> list[list[int]]:
@@ -246,13 +259,77 @@ def flops_per_char(cell, H, V) -> float:
     return 3 * 2 * (GATES[cell] * H * H + H * V)
 
 
-def run_point(framework, cell, H, B, dtype, steps, repeats):
-    cmd = [sys.executable, __file__, "--worker", framework, cell, str(H), str(B), dtype, str(steps),
-           str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    if out.returncode != 0:
-        raise RuntimeError(f"{framework} {cell} H{H} B{B} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class Worker:
+    """A ``worker`` process of one framework for one point, waiting for its commands: ``timed_pass()``
+    returns one pass's measurements, ``end()`` the process's peak RSS."""
+
+    def __init__(self, framework, cell, H, B, dtype, steps):
+        self.name = f"{framework} {cell} H{H} B{B}"
+        self.log = tempfile.TemporaryFile("w+")
+        cmd = [sys.executable, __file__, "--worker", framework, cell, str(H), str(B), dtype, str(steps)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, env=os.environ.copy())
+        self.answer()                   # ready: built and warmed up
+
+    def answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.log.seek(0)
+            raise RuntimeError(f"{self.name} failed:\n{self.log.read()[-3000:]}")
+        return json.loads(line)
+
+    def timed_pass(self) -> dict:
+        self.proc.stdin.write("pass\n")
+        self.proc.stdin.flush()
+        return self.answer()
+
+    def end(self) -> float:
+        self.proc.stdin.write("end\n")
+        self.proc.stdin.flush()
+        peak = self.answer()["peak_rss_mib"]
+        self.proc.wait()
+        self.log.close()
+        return peak
+
+
+def run_point(framework, cell, H, B, dtype, steps, repeats) -> dict:
+    """One framework alone at one point: the median chars/s of ``repeats`` passes, and its peak RSS."""
+    w = Worker(framework, cell, H, B, dtype, steps)
+    rates = [w.timed_pass()["chars_per_sec"] for _ in range(repeats)]
+    return {"chars_per_sec": statistics.median(rates), "rates": rates, "peak_rss_mib": w.end()}
+
+
+def side_by_side(cell, H, B, V, dtype, steps, repeats) -> dict:
+    """Both frameworks at one point, each in its own process (its own peak RSS), their timed passes taken
+    in turn — rnnlab, PyTorch, PyTorch, rnnlab, … — with the matmul rate measured just before each of
+    rnnlab's: on a shared machine whose speed drifts from minute to minute, each ratio compares passes
+    a few seconds apart, not processes minutes apart. Ratios are the medians of the rounds' ratios."""
+    ours = Worker("rnnlab", cell, H, B, dtype, steps)
+    theirs = Worker("torch", cell, H, B, dtype, steps)
+    rounds = []
+    for r in range(repeats):
+        got = {}
+        for side in ((ours, theirs) if r % 2 == 0 else (theirs, ours)):
+            if side is ours:
+                got["matmul"] = matmul_rate(dtype, repeats=3)
+                time.sleep(0.3)         # this process's BLAS threads stop spinning before the pass
+            got[side] = side.timed_pass()
+        rounds.append(got)
+    vs_torch = [g[ours]["chars_per_sec"] / g[theirs]["chars_per_sec"] for g in rounds]
+    bound = [g["matmul"] / flops_per_char(cell, H, V) for g in rounds]
+    return {"ratio": statistics.median(vs_torch),
+            "rnnlab_of_bound": statistics.median(g[ours]["chars_per_sec"] / b for g, b in zip(rounds, bound)),
+            "products_only_ratio": statistics.median(g[ours]["products_only_chars_per_sec"]
+                                                     / g[theirs]["chars_per_sec"] for g in rounds),
+            "rnnlab_chars_per_sec": statistics.median(g[ours]["chars_per_sec"] for g in rounds),
+            "torch_chars_per_sec": statistics.median(g[theirs]["chars_per_sec"] for g in rounds),
+            "products_only_chars_per_sec": statistics.median(g[ours]["products_only_chars_per_sec"]
+                                                             for g in rounds),
+            "bound_chars_per_sec": statistics.median(bound),
+            "matmul_gflops": [g["matmul"] / 1e9 for g in rounds],
+            "ratios": vs_torch,
+            "rnnlab_peak_rss_mib": ours.end(), "torch_peak_rss_mib": theirs.end()}
 
 
 def steps_for(H, B):
@@ -262,15 +339,15 @@ def steps_for(H, B):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="three points only")
     ap.add_argument("--points", help="only these points, e.g. lstm:256:32,gru:64:128 (float32)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     if args.worker:
-        fw, cell, H, B, dtype, steps, repeats = args.worker
-        worker(fw, cell, int(H), int(B), dtype, int(steps), int(repeats))
+        fw, cell, H, B, dtype, steps = args.worker
+        worker(fw, cell, int(H), int(B), dtype, int(steps))
         return
 
     V = batches(1, 1)[0]
@@ -280,22 +357,11 @@ def main():
         points = [("rnn", 64, 32, "float32"), ("lstm", 256, 32, "float32"), ("gru", 64, 1, "float32")]
     if args.points:
         points = [(c, int(h), int(b), "float32") for c, h, b in (p.split(":") for p in args.points.split(","))]
-    rate = {dt: matmul_rate(dt) for dt in ("float32", "float64")}
-    print(f"NumPy BLAS matmul rate: float32 {rate['float32'] / 1e9:.1f} GFLOP/s, "
-          f"float64 {rate['float64'] / 1e9:.1f} GFLOP/s ({THREADS} threads)", flush=True)
     rows = []
     for cell, H, B, dtype in points:
         steps = steps_for(H, B)
-        ours = run_point("rnnlab", cell, H, B, dtype, steps, args.repeats)
-        theirs = run_point("torch", cell, H, B, dtype, steps, args.repeats)
-        bound = rate[dtype] / flops_per_char(cell, H, V)
         row = {"cell": cell, "hidden": H, "batch": B, "dtype": dtype, "steps": steps,
-               "rnnlab_chars_per_sec": ours["chars_per_sec"], "torch_chars_per_sec": theirs["chars_per_sec"],
-               "ratio": ours["chars_per_sec"] / theirs["chars_per_sec"],
-               "rnnlab_peak_rss_mib": ours["peak_rss_mib"], "torch_peak_rss_mib": theirs["peak_rss_mib"],
-               "bound_chars_per_sec": bound, "rnnlab_of_bound": ours["chars_per_sec"] / bound,
-               "products_only_chars_per_sec": ours["products_only_chars_per_sec"],
-               "products_only_ratio": ours["products_only_chars_per_sec"] / theirs["chars_per_sec"]}
+               **side_by_side(cell, H, B, V, dtype, steps, args.repeats)}
         rows.append(row)
         print(f"{cell:4} H{H:<3} B{B:<3} {dtype}: rnnlab {row['rnnlab_chars_per_sec']:>10,.0f}  torch "
               f"{row['torch_chars_per_sec']:>10,.0f}  ratio {row['ratio']:.2f}  "
@@ -305,7 +371,9 @@ def main():
     ceiling = [r["products_only_ratio"] for r in rows if r["dtype"] == "float32"]
     summary = {"geomean_ratio_float32": float(np.exp(np.mean(np.log(f32)))), "min_ratio_float32": min(f32),
                "geomean_products_only_ratio_float32": float(np.exp(np.mean(np.log(ceiling)))),
-               "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "threads": int(THREADS),
+               "matmul_gflops": {dt: statistics.median(g for r in rows if r["dtype"] == dt for g in r["matmul_gflops"])
+                                 for dt in sorted({r["dtype"] for r in rows})},    # medians of those measured
+               "threads": int(THREADS),
                "machine": machine()}
     print(json.dumps(summary, indent=1))
     Path(args.out).write_text(json.dumps({"summary": summary, "points": rows}, indent=1))
