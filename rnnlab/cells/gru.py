@@ -101,13 +101,14 @@ class GRU(Cell):
         np.subtract(1, fn, out=fn)
         fn *= np.subtract(1, u, out=tmp)
         dhw = self.workspace("dhw", (pk.N, 3 * H), dt)   # in rows: the layout of Wh's columns
+        dhw_gates = as_gates(dhw, 3)                       # the same, viewed (3, N, H)
         # Gradients reaching the state, one row per sequence (see LSTM.backward_packed).
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dh_next = dh.copy()
         back = share.exchanging(params["Wh"]) if share else RecurrentBackward(params["Wh"], B)
         direct = np.empty((B, H), dt)
         for s, n in reversed(pk.steps):
-            dht, d, dw, e = dh[:n], dxp[:, s:s + n], as_gates(dhw[s:s + n], 3), s + n
+            dht, d, dw, e = dh[:n], dxp[:, s:s + n], dhw_gates[:, s:s + n], s + n
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht

@@ -202,9 +202,9 @@ class LNLSTM(Cell):
         dh = np.zeros((B, H), dt) if dstate is None else np.array(dstate[0], dt)
         dc = np.zeros((B, H), dt) if dstate is None else np.array(dstate[1], dt)
         dh_next, dct = dh.copy(), np.empty((B, H), dt)
-        back = RecurrentBackward(params["Wh"], B)
+        back, dr_gates = RecurrentBackward(params["Wh"], B), as_gates(dr, 4)
         for s, n in reversed(pk.steps):
-            dht, dzt, drt, e = dh[:n], dz[:, s:s + n], as_gates(dr[s:s + n], 4), s + n
+            dht, dzt, drt, e = dh[:n], dz[:, s:s + n], dr_gates[:, s:s + n], s + n
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht

@@ -23,6 +23,9 @@ class LSTM(Cell):
     splits_units = True
     STEP_FACTORS_MIN = 16384     # rows × units of a batch's average step from which the backward's
                                  # factors are computed step by step (measured: experiments/benchmarks/README.md)
+    FOLD_MAX_H = 256             # units up to which the sigmoid gates' halving is done once per batch, on the
+                                 # inputs' part and on a copy of Wh, instead of once per step (a copy of a
+                                 # larger Wh costs more than the per-step calls it saves; measured: ibid.)
 
     def init(self, input_size, hidden_size, rng, dtype=np.float32):
         """As ``Cell.init``, with the forget-gate bias set to 1 (a common, helpful default)."""
@@ -42,14 +45,18 @@ class LSTM(Cell):
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, cs, own = share.states(B + pk.N, 2) if share else states(state0, B + pk.N, H, dt)
         tanh_c = np.empty((pk.N, H), dt)
-        recurrent = (share.recurrent(params["Wh"], 4, pk) if share           # h_{t-1} Wh, (4, n, H)
-                     else RecurrentForward(params["Wh"], 4, B))
+        Wh, halved = params["Wh"], len(params["Wh"]) <= self.FOLD_MAX_H
+        if halved:                   # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): z / 2 for i, f, o (exact: a power of two)
+            z[:3] *= 0.5
+            Wh = Wh * np.repeat(np.array([0.5, 0.5, 0.5, 1], dt), H)
+        recurrent = share.recurrent(Wh, 4, pk) if share else RecurrentForward(Wh, 4, B)   # h_{t-1} Wh, (4, n, H)
         ig = np.empty((B, H), dt)
         p = 0                                    # first row of the previous step's states
         for s, n in pk.steps:
             zt, r, e = z[:, s:s + n], B + s, s + n
             zt += recurrent(hs[p:p + n])
-            zt[:3] *= 0.5                        # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
+            if not halved:
+                zt[:3] *= 0.5                    # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
             np.tanh(zt, out=zt)
             tanh_to_sigmoid(zt[:3])
             c = cs[r:r + n, own]
@@ -80,6 +87,7 @@ class LSTM(Cell):
         H = tanh_c.shape[1]
         i, f, o, g = z
         dz = self.workspace("dz", (pk.N, 4 * H), dt)  # the gates' gradients, in rows: the layout of Wh's columns
+        dz_gates = as_gates(dz, 4)                          # the same, viewed (4, N, H)
         # The factors of the gradients that do not depend on the incoming gradient: over wide steps, computed
         # a step at a time while its rows are in the cache (over a whole batch they spill it); over narrow
         # ones, for the whole batch at once (a call per step would cost more than it saves).
@@ -102,7 +110,7 @@ class LSTM(Cell):
                 Q, A = gate_factors(z[:, s:e], tanh_c[s:e], cs[p:p + n, own], (Qs[:, :n], As[:n]))
             else:
                 Q, A = Qs[:, s:e], As[s:e]
-            dzt = as_gates(dz[s:e], 4)                         # (4, n, H) view
+            dzt = dz_gates[:, s:e]                             # (4, n, H) view
             dht += dhs[s:e]
             if dh_steps is not None:
                 dh_steps[s:e] = dht
