@@ -85,6 +85,12 @@ class CharLM:
     # at each step, more calls) exceed what halving the work saves (measured for the three cells:
     # experiments/benchmarks/README.md, sessions 11 and 12).
     MIN_SPLIT_WORK, MIN_SPLIT_PARAMS = 12_000_000, 500_000
+    # Up to this many units, a batch with at least this many gate values (real positions × gates × hidden
+    # size) is split by its sequences instead, the two halves run by two processes with the whole network
+    # each (``split.UnitSplit.halves``): no waits at every step, the elements of every pass halved; the
+    # per-step products' fixed costs paid by both (which is what makes the unit split the faster one for
+    # wider layers). Measured: experiments/benchmarks/README.md, session 14.
+    HALVES_MAX_H, MIN_HALVES_WORK = 128, 50_000
     REGULARISERS = ("dropout", "locked_dropout", "weight_dropout", "embedding_dropout", "ar", "tar")
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
@@ -332,7 +338,14 @@ class CharLM:
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B, int(n))
         used, units = self.masked(params, drop), drop and drop.units
-        if self.splits_units and units is None and dstate is None and not return_dstate0 and self.split_pays(n):
+        two = self.splits_units and units is None and dstate is None and not return_dstate0
+        if two and self.halves_pay(B, n):
+            mask = np.ones((T, B), np.int8) if mask is None else mask
+            order = np.argsort(-np.count_nonzero(mask, axis=0), kind="stable")   # each half: long and short ones
+            columns = [order[positions] for positions in _interleaved(2, B)]
+            total, grads, finals = self._unit_split().halves(used, x, y, mask, columns, state0, scale, n)
+            final, dstate0 = _gather_rows(finals, columns), None
+        elif two and self.split_pays(n):
             lay = Layout(mask, T, B)
             total, grads, final = self._unit_split().loss_and_grads(
                 used, lay.pack(x), lay.pack(y), lay.packing, lay.sort(None if state0 is None else state0[0]), scale)
@@ -376,6 +389,12 @@ class CharLM:
         G, H, V = self.cell.gates, self.hidden_size, self.vocab_size
         params = G * H * (V + H + 1) + H * (V + 1)        # about: the cell's and the output layer's
         return positions * G * H * H >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
+
+    def halves_pay(self, batch: int, positions: float) -> bool:
+        """Whether a batch of ``batch`` sequences and ``positions`` real steps in all is split by its sequences
+        between two processes (``split.UnitSplit.halves``) rather than by the hidden units."""
+        return (batch >= 2 and self.hidden_size <= self.HALVES_MAX_H
+                and positions * self.cell.gates * self.hidden_size >= self.MIN_HALVES_WORK)
 
     def _unit_split(self) -> "split.UnitSplit":
         if self.__dict__.get("_split") is None:

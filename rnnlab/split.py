@@ -217,8 +217,9 @@ class UnitSplit:
         self.owns = (slice(0, half), slice(half, self.H))
         self.child, self.capacity = None, (0, 0)
         self.buffers = weakref.WeakValueDictionary()    # key → a flat buffer in shared memory (``alloc``)
+        self._key_by_id = {}                            # id(buffer) → its key (checked: ids are reused)
         self.forked_with = set()                        # the keys the child was forked with
-        self.grads = None
+        self.grads = self.theirs = None
         self.starts = 0                                 # children started (for tests and benchmarks)
 
     def alloc(self, n: int, dtype):
@@ -226,10 +227,13 @@ class UnitSplit:
         flat = _shared((n,), dtype)
         self._last_key = getattr(self, "_last_key", 0) + 1      # never reused: the child knows keys by number
         self.buffers[self._last_key] = flat
+        self._key_by_id[id(flat)] = self._last_key
         return flat
 
     def key_of(self, flat) -> int | None:
-        return next((k for k, v in self.buffers.items() if v is flat), None)
+        """The key of a buffer made by ``alloc``, or None (looked up by identity: a few of these a batch)."""
+        k = self._key_by_id.get(id(flat))
+        return k if k is not None and self.buffers.get(k) is flat else None
 
     # ------------------------------------------------------------------------------ the child process
     def _ready(self, B: int, N: int, flats) -> list[int]:
@@ -295,6 +299,8 @@ class UnitSplit:
                         params, grads = views[kp], views[kg]
                         lengths, ids, y = ints[16:16 + B], ints[16 + B:16 + B + N], ints[16 + B + N:16 + B + 2 * N]
                         self._half(share, params, grads, ids, y, Packing(lengths), float(floats[0]))
+                    elif op == b"s":
+                        self._serve_half(share, views, ints, floats)
                     elif op == b"u":
                         size = int(ints[0])
                         optimizer = pickle.loads(self.a["opt"][:size].tobytes())
@@ -401,6 +407,64 @@ class UnitSplit:
             units_of(grads[f"l0.{name}"], G[name], own)[...] = units_of(out[name], G[name], slice(None))
         share.sync()                                   # both have written their gradients
         return total, final
+
+    # ------------------------------------------------------------------------ or its sequences split
+    def halves(self, params, x, y, mask, columns, state0, scale: float, n: float):
+        """Forward and backward of a padded batch (x, y, mask (T, B); ``state0`` per layer or None) with its
+        sequences split between the two processes — ``columns``: two arrays of column indices, this
+        process's first — each running ``CharLM._grads`` on its columns with the whole network (no step
+        waits for the other process: this is data parallelism, as in PyTorch's DistributedDataParallel).
+        Returns (summed NLL, the sum of the halves' gradients — a ``FlatParams`` in shared memory,
+        overwritten by the next call —, the final states of each half (this process's first))."""
+        from .cells.base import Layout
+        from .model import _rows
+        if not (isinstance(params, FlatParams) and self.key_of(params.flat) is not None):
+            params = self._staged(params)
+        if self.grads is None or not self.grads.same_layout(params):
+            self.grads = FlatParams.like(params, fill=0, same_memory=True)
+        if self.theirs is None or not self.theirs.same_layout(params):
+            self.theirs = FlatParams.like(params, fill=0, same_memory=True)   # the child's half
+        self.layout = params.layout
+        mine, theirs = columns
+        T, B1 = len(x), len(theirs)
+        # the child's columns go through the shared ints (ids, targets, mask), their states through hs/cs
+        kp, kg, _ = self._ready(len(x[0]), (3 * T * B1 + 1) // 2,
+                                (params.flat, self.theirs.flat, self.grads.flat))   # (the last for ``update``)
+        ints, a = self.a["ints"], self.a
+        ints[:5] = T, B1, kp, kg, state0 is not None
+        ints[16:16 + 3 * T * B1].reshape(3, T, B1)[...] = x[:, theirs], y[:, theirs], mask[:, theirs] != 0
+        a["floats"][0], a["floats"][3] = scale, n
+        for arr, s0 in zip((a["hs"], a["cs"]), _rows(state0, theirs)[0] if state0 is not None else ()):
+            arr[:B1] = s0
+
+        def work():
+            total, grads, final, _ = self.lm._grads(params, x[:, mine], y[:, mine],
+                                                    Layout(mask[:, mine], T, len(mine)),
+                                                    _rows(state0, mine), None, None, scale, n)
+            self.share.sync()                                     # the child's half is written
+            np.add(grads.flat, self.theirs.flat, out=self.grads.flat)
+            theirs_final = [tuple(arr[:B1].copy() for arr in (a["hs"], a["cs"])[:len(final[0])])]
+            return total + float(a["floats"][2]), final, theirs_final
+        total, final, theirs_final = self._run(b"s", work)
+        return total, self.grads, (final, theirs_final)
+
+    def _serve_half(self, share: Share, views: dict, ints, floats) -> None:
+        """The child's side of ``halves``: its columns' forward and backward, written into shared memory."""
+        from .cells.base import Layout
+        T, B1, kp, kg, has_state = (int(v) for v in ints[:5])
+        for k in (kp, kg):
+            if k not in views:
+                views[k] = FlatParams.over(self.buffers[k], self.layout)
+        x, y, mask = ints[16:16 + 3 * T * B1].reshape(3, T, B1)
+        arrays = (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]
+        state0 = [tuple(arr[:B1].copy() for arr in arrays)] if has_state else None
+        total, grads, final, _ = self.lm._grads(views[kp], x, y, Layout(mask, T, B1), state0, None, None,
+                                                float(floats[0]), float(floats[3]))
+        np.copyto(views[kg].flat, grads.flat)
+        for arr, s in zip(arrays, final[0]):
+            arr[:B1] = s
+        floats[2] = total
+        share.sync()
 
     # ------------------------------------------------------------------------------ optimizer step
     def update(self, optimizer, params, grads) -> None:

@@ -178,9 +178,9 @@ def test_when_a_split_pays(monkeypatch):
     assert CharLM(27, "lstm", 512, threads=2).split_pays(9)               # 1.1 M parameters
     rng = np.random.default_rng(0)
     lm = CharLM(27, "lstm", 64, threads=2)
-    x = rng.integers(0, 27, (13, 32))
+    x = rng.integers(0, 27, (13, 4))
     lm.loss_and_grads(lm.init_params(rng), x, x)
-    assert lm.__dict__.get("_split") is None              # too little work: one process
+    assert lm.__dict__.get("_split") is None              # too little work for either split: one process
 
 
 def test_batches_the_split_does_not_take_run_in_one_process(rng):
@@ -322,3 +322,122 @@ def test_same_seed_same_result_and_a_resumed_run_continues_bit_for_bit(rng):
     np.testing.assert_array_equal(resumed.flat, straight.flat)
     for key, value in opt4.state_dict().items():
         np.testing.assert_array_equal(value, opt.state_dict()[key], err_msg=key)
+
+
+# ------------------------------------------------------------ a batch's sequences split instead (halves)
+@pytest.fixture
+def halves(monkeypatch):
+    """Split even these small batches by their sequences (``CharLM.halves_pay``; see test_when_halves_pay)."""
+    monkeypatch.setattr(CharLM, "MIN_HALVES_WORK", 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_halves_give_the_one_process_loss_gradients_and_final_state(cell, reduction, rng, halves):
+    """Empty and one-step sequences, unsorted lengths, a carried state, no mask: each process runs half of
+    the sequences through the whole network; the sum of the halves is the one-process result."""
+    one, two = _pair(cell, reduction=reduction)
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(one.cell.state_size))]
+    for s0, m in ((None, mask), (state0, mask), (state0, None)):
+        (l1, g1, f1), (l2, g2, f2) = (lm.loss_and_grads(params, x, y, m, s0) for lm in (one, two))
+        assert l2 == pytest.approx(l1, rel=1e-13)
+        for name in g1:
+            np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-14, err_msg=name)
+        for u, v in zip(f1[0], f2[0]):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
+    assert two._split.theirs is not None and two._split.starts == 1    # the halves ran, in one child
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gradcheck_of_the_halves_path(cell, rng, halves):
+    """Finite differences of the loss against the summed gradients of the two processes' halves."""
+    _, two = _pair(cell)
+    params = two.init_params(rng)
+    for name in params:
+        params[name] += rng.normal(0, 0.3, params[name].shape)
+    x, y, mask = _batch(rng)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(two.cell.state_size))]
+    _, grads, _ = two.loss_and_grads(params, x, y, mask, state0)
+    grads = {k: v.copy() for k, v in grads.items()}
+    assert two._split.theirs is not None
+    errors = gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_training_with_halves_equals_one_process(rng, halves):
+    """Twenty clipped Adam steps with DropConnect (a masked copy of the parameters is staged for the child):
+    the same parameters and optimizer state as in one process; the optimizer's passes split too."""
+    one, two = _pair(weight_dropout=0.2)
+
+    def batch(step, data):
+        return _batch(data, lengths=data.integers(1, 7, 5))
+    (p1, s1), (p2, s2) = runs = [_train(lm, batch, 20, "adam", weight_decay=0.1) for lm in (one, two)]
+    _assert_same_training(*runs)
+    assert two._split.theirs is not None and two._split.key_of(p2.flat) is not None
+    assert two._split.starts == 2                       # the first batch, then once the moments existed
+
+
+def _fail_in_child(monkeypatch, error):
+    """Make the child's half of a batch end its process while ``error[0]`` is set."""
+    grads, parent = CharLM._grads, os.getpid()
+
+    def failing(self, *args):
+        if os.getpid() != parent and error[0]:
+            os._exit(3)
+        return grads(self, *args)
+    monkeypatch.setattr(CharLM, "_grads", failing)
+
+
+def test_a_child_that_dies_mid_halves_raises_and_the_next_batch_starts_a_new_one(rng, halves, monkeypatch):
+    one, two = _pair()
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    dying = [True]
+    _fail_in_child(monkeypatch, dying)
+    t0 = time.monotonic()
+    with pytest.raises(split.WorkerDied, match="ended in the middle of a batch"):
+        two.loss_and_grads(params, x, y, mask)
+    assert time.monotonic() - t0 < 5
+    dying[0] = False
+    l1, g1, _ = one.loss_and_grads(params, x, y, mask)
+    l2, g2, _ = two.loss_and_grads(params, x, y, mask)
+    assert l2 == pytest.approx(l1, rel=1e-13) and two._split.starts == 2
+    np.testing.assert_allclose(g2.flat, g1.flat, rtol=1e-10, atol=1e-14)
+
+
+def test_ctrl_c_in_the_parent_during_halves_stops_the_child(rng, halves, monkeypatch):
+    one, two = _pair()
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    two.loss_and_grads(params, x, y, mask)
+    pid = two._split.child[0]
+    grads = CharLM._grads
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(CharLM, "_grads", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        two.loss_and_grads(params, x, y, mask)
+    assert two._split.child is None and not _alive(pid)
+    monkeypatch.setattr(CharLM, "_grads", grads)
+    l1, _, _ = one.loss_and_grads(params, x, y, mask)
+    assert two.loss_and_grads(params, x, y, mask)[0] == pytest.approx(l1, rel=1e-13)
+
+
+def test_when_halves_pay(monkeypatch):
+    """Up to HALVES_MAX_H units, from MIN_HALVES_WORK gate values a batch (measured; see CharLM)."""
+    monkeypatch.undo()
+    names = 412                                                   # real positions of a names batch of 32
+    assert CharLM(27, "lstm", 64, threads=2).halves_pay(32, names)
+    assert not CharLM(27, "lstm", 64, threads=2).halves_pay(1, 9)      # one name
+    assert CharLM(27, "gru", 128, threads=2).halves_pay(32, names)
+    assert not CharLM(27, "rnn", 64, threads=2).halves_pay(32, names)         # 26 k gate values
+    assert CharLM(27, "rnn", 64, threads=2).halves_pay(128, 4 * names)
+    assert not CharLM(27, "lstm", 256, threads=2).halves_pay(128, 4 * names)  # the unit split's
+    rng = np.random.default_rng(0)
+    lm = CharLM(27, "lstm", 64, threads=2)
+    x = rng.integers(0, 27, (13, 32))
+    lm.loss_and_grads(lm.init_params(rng), x, x)
+    assert lm._split.theirs is not None and lm._split.child is not None
