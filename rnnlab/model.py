@@ -324,7 +324,9 @@ class CharLM:
         check); neither: no dropout. return_dstate0: also return the gradient of the loss with respect
         to ``state0`` (per layer, like a state), the gradient that full BPTT would pass to the batch before.
 
-        With ``threads > 1`` the batch's sequences are split into that many shards of columns (of
+        With ``threads >= 2``, a model that ``splits_units`` runs a batch in two processes (``rnnlab.split``):
+        split by its sequences when ``halves_pay``, else by its hidden units when ``split_pays``. Otherwise,
+        with ``threads > 1`` the batch's sequences are split into that many shards of columns (of
         alike lengths: every k-th sequence by length), each run forward and backward in its own thread
         (NumPy releases the GIL in its loops, so the element-wise work of the cells, single-threaded in
         NumPy, runs on every core; BLAS gets one thread per shard), and the shards' gradients are summed:

@@ -20,6 +20,12 @@ process does the part of a step that does not need the other's result while it w
 forward pass, h_t[U_k] Wh[U_k, U_k] as soon as h_t[U_k] is written (``OverlappedForward``); in the
 backward, its own units' part after it has shared the other's (``Share.exchanging``).
 
+Narrow layers split a batch by its sequences instead (``UnitSplit.halves``, chosen by
+``CharLM.halves_pay``): each process runs the whole network — forward, loss, backward — on every other
+sequence of the batch, the child's gradients summed into the parent's. Nothing is exchanged within the
+batch, so where a step's work is mostly per-call costs (up to 128 units), halving its rows without a
+barrier at every step pays more than halving its units with one.
+
 The output layer is small (V columns): each process computes the logits, the loss and their gradient at
 half of the positions, shares the gradient (a barrier), and computes its rows of Wy's gradient and its
 units' part of the gradient reaching h from all of them. The process that calls ``loss_and_grads`` is
@@ -30,7 +36,7 @@ of the sums (the same arithmetic, split by columns).
 Used by ``CharLM.loss_and_grads`` when ``threads >= 2`` and ``CharLM.splits_units`` says the model allows
 it (a cell that supports it — the RNN, the LSTM and the GRU, not the layer-normalised LSTM —, one layer,
 one-hot input, no dropout of units, no activation regularisation), for batches with the work to pay
-(``CharLM.split_pays``), on Linux on x86-64 (the spin barrier relies on x86's store order); then
+(``CharLM.halves_pay``, ``CharLM.split_pays``), on Linux on x86-64 (the spin barrier relies on x86's store order); then
 ``CharLM.update`` splits the optimizer step too. Faults: a worker that dies makes the other raise
 ``WorkerDied`` (no hang: the barrier checks its peer while it waits); an exception or a signal in the
 parent (Ctrl-C) stops the child, and the next batch starts a new one; a child whose parent dies exits.
