@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import split
-from .cells.base import Layout, scatter_rows
+from .cells.base import Layout, mask_lengths, scatter_rows
 from .checks import integer, nonnegative, unit_interval
 from .flat import FlatParams
 from .registry import CELLS
@@ -343,7 +343,7 @@ class CharLM:
         two = self.splits_units and units is None and dstate is None and not return_dstate0
         if two and self.halves_pay(B, n):
             mask = np.ones((T, B), np.int8) if mask is None else mask
-            order = np.argsort(-np.count_nonzero(mask, axis=0), kind="stable")   # each half: long and short ones
+            order = np.argsort(-mask_lengths(mask, T, B), kind="stable")   # each half: long and short ones
             columns = [order[positions] for positions in _interleaved(2, B)]
             total, grads, finals = self._unit_split().halves(used, x, y, mask, columns, state0, scale, n)
             final, dstate0 = _gather_rows(finals, columns), None

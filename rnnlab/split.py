@@ -448,6 +448,8 @@ class UnitSplit:
                                                     Layout(mask[:, mine], T, len(mine)),
                                                     _rows(state0, mine), None, None, scale, n)
             self.share.sync()                                     # the child's half is written
+            if ints[5]:
+                raise pickle.loads(self.a["opt"][:int(ints[5])].tobytes())
             np.add(grads.flat, self.theirs.flat, out=self.grads.flat)
             theirs_final = [tuple(arr[:B1].copy() for arr in (a["hs"], a["cs"])[:len(final[0])])]
             return total + float(a["floats"][2]), final, theirs_final
@@ -458,19 +460,32 @@ class UnitSplit:
         """The child's side of ``halves``: its columns' forward and backward, written into shared memory."""
         from .cells.base import Layout
         T, B1, kp, kg, has_state = (int(v) for v in ints[:5])
-        for k in (kp, kg):
-            if k not in views:
-                views[k] = FlatParams.over(self.buffers[k], self.layout)
-        x, y, mask = ints[16:16 + 3 * T * B1].reshape(3, T, B1)
-        arrays = (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]
-        state0 = [tuple(arr[:B1].copy() for arr in arrays)] if has_state else None
-        total, grads, final, _ = self.lm._grads(views[kp], x, y, Layout(mask, T, B1), state0, None, None,
-                                                float(floats[0]), float(floats[3]))
-        np.copyto(views[kg].flat, grads.flat)
-        for arr, s in zip(arrays, final[0]):
-            arr[:B1] = s
-        floats[2] = total
+        try:
+            for k in (kp, kg):
+                if k not in views:
+                    views[k] = FlatParams.over(self.buffers[k], self.layout)
+            x, y, mask = ints[16:16 + 3 * T * B1].reshape(3, T, B1)
+            arrays = (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]
+            state0 = [tuple(arr[:B1].copy() for arr in arrays)] if has_state else None
+            total, grads, final, _ = self.lm._grads(views[kp], x, y, Layout(mask, T, B1), state0, None, None,
+                                                    float(floats[0]), float(floats[3]))
+            np.copyto(views[kg].flat, grads.flat)
+            for arr, s in zip(arrays, final[0]):
+                arr[:B1] = s
+            floats[2], ints[5] = total, 0
+        except Exception as error:  # noqa: BLE001 - any error of its half (e.g. an id outside the vocabulary)
+            self._report(error, ints)    # is raised in the parent, as if it had been in its own half
         share.sync()
+
+    def _report(self, error: Exception, ints) -> None:
+        """The child's exception, pickled where the parent reads it after the barrier (``ints[5]``: its size)."""
+        try:
+            blob = pickle.dumps(error)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its message
+            blob = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+        blob = blob if len(blob) <= self.OPT_BYTES else pickle.dumps(RuntimeError(str(error)[:1000]))
+        self.a["opt"][:len(blob)] = np.frombuffer(blob, np.uint8)
+        ints[5] = len(blob)
 
     # ------------------------------------------------------------------------------ optimizer step
     def update(self, optimizer, params, grads) -> None:

@@ -441,3 +441,18 @@ def test_when_halves_pay(monkeypatch):
     x = rng.integers(0, 27, (13, 32))
     lm.loss_and_grads(lm.init_params(rng), x, x)
     assert lm._split.theirs is not None and lm._split.child is not None
+
+
+def test_an_error_in_the_childs_half_is_raised_in_the_parent(rng, halves):
+    """Bad input that only the child's half holds (an id outside the vocabulary) raises what one process
+    raises, not that the child died; the next batch runs."""
+    one, two = _pair()
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng, lengths=(6, 6, 6, 6, 6))
+    bad = x.copy()
+    bad[2, 1] = V + 3                  # column 1: the child's (every other sequence by length)
+    for lm in (one, two):
+        with pytest.raises(IndexError, match="out of bounds"):
+            lm.loss_and_grads(params, bad, y, mask)
+    assert two.loss_and_grads(params, x, y, mask)[0] == pytest.approx(one.loss_and_grads(params, x, y, mask)[0],
+                                                                      rel=1e-13)

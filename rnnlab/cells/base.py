@@ -70,18 +70,7 @@ class Layout:
     """
 
     def __init__(self, mask, T: int, B: int):
-        if mask is None:
-            lengths = np.full(B, T)
-        else:
-            mask = np.asarray(mask)
-            if mask.shape != (T, B):
-                raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
-            real = mask != 0
-            lengths = real.sum(axis=0)
-            wrong = np.nonzero((real != (np.arange(T)[:, None] < lengths)).any(axis=0))[0]
-            if wrong.size:
-                raise ValueError(f"mask column {int(wrong[0])} is not padding at the end of a sequence: "
-                                 f"each column must be 1 for the sequence's steps, then 0")
+        lengths = mask_lengths(mask, T, B)
         self.T, self.B = T, B
         self.sorted = bool((np.diff(lengths) <= 0).all())
         self.order = np.arange(B) if self.sorted else np.argsort(-lengths, kind="stable")
@@ -122,6 +111,23 @@ class Layout:
         inverse = np.empty_like(self.order)
         inverse[self.order] = np.arange(self.B)
         return tuple(s[inverse] for s in state) if isinstance(state, tuple) else state[inverse]
+
+
+def mask_lengths(mask, T: int, B: int):
+    """The lengths (B,) of the sequences of a (T, B) mask (None: all T), checked: each column must be 1s
+    (non-zero) for its sequence's steps, then 0s."""
+    if mask is None:
+        return np.full(B, T)
+    mask = np.asarray(mask)
+    if mask.shape != (T, B):
+        raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(T, B)}")
+    real = mask != 0
+    lengths = real.sum(axis=0)
+    wrong = np.nonzero((real != (np.arange(T)[:, None] < lengths)).any(axis=0))[0]
+    if wrong.size:
+        raise ValueError(f"mask column {int(wrong[0])} is not padding at the end of a sequence: "
+                         f"each column must be 1 for the sequence's steps, then 0")
+    return lengths
 
 
 class Cell:
