@@ -259,6 +259,12 @@ def flops_per_char(cell, H, V) -> float:
     return 3 * 2 * (GATES[cell] * H * H + H * V)
 
 
+SETTLE = 0.5   # seconds of pause before each timed pass. Without it, a pass right after the other process's ran
+               # slower: two identical rnnlab workers taking turns read 0.65–0.88 of each other in the rounds
+               # where they ran second, 1.13–1.52 where first (session 14; likely the last process's threads
+               # still spinning — OpenBLAS's and OpenMP's pools wait busily for a while); with it, no pattern.
+
+
 class Worker:
     """A ``worker`` process of one framework for one point, waiting for its commands: ``timed_pass()``
     returns one pass's measurements, ``end()`` the process's peak RSS."""
@@ -313,7 +319,7 @@ def side_by_side(cell, H, B, V, dtype, steps, repeats) -> dict:
         for side in ((ours, theirs) if r % 2 == 0 else (theirs, ours)):
             if side is ours:
                 got["matmul"] = matmul_rate(dtype, repeats=3)
-                time.sleep(0.3)         # this process's BLAS threads stop spinning before the pass
+            time.sleep(SETTLE)
             got[side] = side.timed_pass()
         rounds.append(got)
     vs_torch = [g[ours]["chars_per_sec"] / g[theirs]["chars_per_sec"] for g in rounds]
