@@ -6,8 +6,8 @@ ratios taken within one run count).
     python experiments/benchmarks/unit_split.py --points lstm:64:32,gru:512:1
 
 A step is what the training loop does: loss_and_grads, global-norm clip 5, the optimizer step (Adam) through
-``CharLM.update``. "with" forces the split on every batch (``MIN_SPLIT_WORK``, ``MIN_SPLIT_PARAMS`` set to
-0), "without" is CharLM(threads=2) with the split off: batch shards in two threads where they pay, else one
+``CharLM.update``. "with" forces the split by units on every batch (``MIN_SPLIT_WORK``, ``MIN_SPLIT_PARAMS`` set
+to 0, the split by sequences off), "without" is CharLM(threads=2) with the split off: batch shards in two threads where they pay, else one
 pass with two BLAS threads — the engine before the split. Each point prints both times per batch and
 without/with (> 1: the split is faster), the figures behind ``CharLM.split_pays``.
 """
@@ -36,7 +36,8 @@ BATCHES = {1: 200, 32: 40, 128: 20}
 
 
 class Split(CharLM):
-    MIN_SPLIT_WORK = MIN_SPLIT_PARAMS = 0      # split every batch
+    MIN_SPLIT_WORK = MIN_SPLIT_PARAMS = 0      # split every batch by its units
+    HALVES_MAX_H = 0                           # (never by its sequences: ``CharLM.halves_pay``)
 
 
 class NoSplit(CharLM):
