@@ -69,13 +69,18 @@ def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduct
     x, y, mask = _batch(rng)
     state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(one.cell.state_size))]
     for s0 in (None, state0):
-        (l1, g1, f1), (l2, g2, f2) = (m.loss_and_grads(params, x, y, mask, s0) for m in (one, two))
-        assert l2 == pytest.approx(l1, rel=1e-13)
-        for name in g1:
-            np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-14, err_msg=name)
-        for u, v in zip(f1[0], f2[0]):
-            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
-    assert two._split.starts == 1
+        _assert_same_batch(one, two, params, x, y, mask, s0)
+    assert two._split.starts == 1 and two._split.theirs is None
+
+
+def _assert_same_batch(one, two, params, x, y, mask, state0):
+    """The loss, gradients and final state of ``two`` are those of ``one`` (up to the order of sums)."""
+    (l1, g1, f1), (l2, g2, f2) = (m.loss_and_grads(params, x, y, mask, state0) for m in (one, two))
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    for name in g1:
+        np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-14, err_msg=name)
+    for u, v in zip(f1[0], f2[0]):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -83,6 +88,13 @@ def test_split_gives_the_one_process_loss_gradients_and_final_state(cell, reduct
 def test_gradcheck_of_the_split_path(cell, rows_max_h, rng, monkeypatch):
     """Finite differences of the loss against the gradients the two processes compute."""
     monkeypatch.setattr(split, "ROWS_MAX_H", rows_max_h)
+    two, errors = _gradcheck_of_two_processes(cell, rng)
+    assert max(errors.values()) < 1e-6, errors
+    assert two._split.theirs is None                    # (split by units)
+
+
+def _gradcheck_of_two_processes(cell, rng):
+    """(the model, gradcheck's errors) of a model with threads=2 on a batch with a carried state."""
     _, two = _pair(cell)
     params = two.init_params(rng)
     for name in params:
@@ -91,8 +103,7 @@ def test_gradcheck_of_the_split_path(cell, rows_max_h, rng, monkeypatch):
     state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(two.cell.state_size))]
     _, grads, _ = two.loss_and_grads(params, x, y, mask, state0)
     grads = {k: v.copy() for k, v in grads.items()}     # (the split's buffer is reused by the next call)
-    errors = gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
-    assert max(errors.values()) < 1e-6, errors
+    return two, gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
 
 
 def _train(lm, batch, steps: int, optimizer="adam", **options):
@@ -341,29 +352,16 @@ def test_halves_give_the_one_process_loss_gradients_and_final_state(cell, reduct
     x, y, mask = _batch(rng)
     state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(one.cell.state_size))]
     for s0, m in ((None, mask), (state0, mask), (state0, None)):
-        (l1, g1, f1), (l2, g2, f2) = (lm.loss_and_grads(params, x, y, m, s0) for lm in (one, two))
-        assert l2 == pytest.approx(l1, rel=1e-13)
-        for name in g1:
-            np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-14, err_msg=name)
-        for u, v in zip(f1[0], f2[0]):
-            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
+        _assert_same_batch(one, two, params, x, y, m, s0)
     assert two._split.theirs is not None and two._split.starts == 1    # the halves ran, in one child
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_gradcheck_of_the_halves_path(cell, rng, halves):
     """Finite differences of the loss against the summed gradients of the two processes' halves."""
-    _, two = _pair(cell)
-    params = two.init_params(rng)
-    for name in params:
-        params[name] += rng.normal(0, 0.3, params[name].shape)
-    x, y, mask = _batch(rng)
-    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(two.cell.state_size))]
-    _, grads, _ = two.loss_and_grads(params, x, y, mask, state0)
-    grads = {k: v.copy() for k, v in grads.items()}
-    assert two._split.theirs is not None
-    errors = gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
+    two, errors = _gradcheck_of_two_processes(cell, rng)
     assert max(errors.values()) < 1e-6, errors
+    assert two._split.theirs is not None                # (split by sequences)
 
 
 def test_training_with_halves_equals_one_process(rng, halves):
