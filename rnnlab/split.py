@@ -210,12 +210,15 @@ class UnitSplit:
     The child sees the memory that was shared when it was forked: the per-batch arrays (made for a
     capacity of sequences and steps) and the flat buffers made by ``alloc`` — the parameters (moved
     there by the first ``update``), the gradients ``loss_and_grads`` returns (one buffer, overwritten by
-    the next call) and the optimizer's moments (made like the parameters). A batch larger than the
-    capacity, or a buffer made since the fork, starts a new child (in a training run: at its first batch,
-    at its first optimizer step, and when a batch outgrows the arrays).
+    the next call) and the optimizer's moments (made like the parameters; the parameters' buffer and the
+    moments' are spares made before the first fork, ``SPARES``). A batch larger than the capacity, or a
+    buffer made since the fork, starts a new child (in a training run: at its first batch, and when a batch
+    outgrows the arrays; a fork and the child's first batches cost 0.1–0.3 s on a 2-core VM).
     """
     HEADROOM = 1.25           # per-batch arrays are made this much larger than the batch that needs them
     OPT_BYTES = 1 << 16       # room for the pickled optimizer (its options and step count)
+    SPARES = 4                # parameter-sized buffers made before the first fork: the parameters and up to three
+                              # moments of the optimizer (Adam's two and its average) find the child knows them
 
     def __init__(self, lm):
         self.lm, self.H = lm, lm.hidden_size
@@ -226,10 +229,15 @@ class UnitSplit:
         self._key_by_id = {}                            # id(buffer) → its key (checked: ids are reused)
         self.forked_with = set()                        # the keys the child was forked with
         self.grads = self.theirs = None
+        self.spares = []                                # buffers for ``alloc`` that the child knows (``_start``)
         self.starts = 0                                 # children started (for tests and benchmarks)
 
     def alloc(self, n: int, dtype):
-        """A zeroed flat buffer in shared memory that the child can use (``FlatParams(…, alloc=…)``)."""
+        """A zeroed flat buffer in shared memory that the child can use (``FlatParams(…, alloc=…)``): one of
+        the spares made before the child was forked, if one has this size and type, else a new one."""
+        for i, spare in enumerate(self.spares):
+            if spare.size == n and spare.dtype == np.dtype(dtype):
+                return self.spares.pop(i)                 # (never written: still zeros)
         flat = _shared((n,), dtype)
         self._last_key = getattr(self, "_last_key", 0) + 1      # never reused: the child knows keys by number
         self.buffers[self._last_key] = flat
@@ -264,6 +272,9 @@ class UnitSplit:
                   "floats": _shared((4,), np.float64), "opt": _shared((self.OPT_BYTES,), np.uint8),
                   "hs": _shared((B + N, H), dt), "cs": _shared((B + N, H), dt), "P": _shared((2, 2, B * (H // 2)), dt),
                   "dlogits": _shared((self.lm.vocab_size, N), dt)}
+        if self.starts == 0 and getattr(self, "layout", None):   # the parameters' move into shared memory and
+            size = sum(int(np.prod(shape)) for _, shape in self.layout)      # the optimizer's moments, at the
+            self.spares = [self.alloc(size, dt) for _ in range(self.SPARES)]    # first step, need no new child
         self.forked_with = set(self.buffers.keys())
         read, write = os.pipe()
         parent = os.getpid()

@@ -143,8 +143,8 @@ def test_training_with_the_split_equals_one_process(optimizer, options, rng):
     _assert_same_training(*runs)
     assert s2["t"] == 20
     assert two._split.key_of(p2.flat) is not None      # the parameters now live in shared memory
-    assert two._split.starts == 2                       # the first batch, then once the moments existed
-    assert two._split.capacity[0] == int(5 * 1.25) + 1  # 5 sequences, with headroom: not grown by the restart
+    assert two._split.starts == 1                       # the moments found spares the child knew
+    assert two._split.capacity[0] == int(5 * 1.25) + 1  # 5 sequences, with headroom
 
 
 def test_batches_that_do_not_split_between_ones_that_do_keep_the_child_and_the_result(rng, monkeypatch):
@@ -160,8 +160,9 @@ def test_batches_that_do_not_split_between_ones_that_do_keep_the_child_and_the_r
         return _batch(data, B=len(lengths), lengths=lengths)
     _assert_same_training(*(_train(lm, batch, 12) for lm in (one, two)))
     assert two.shards(2, 5) != [slice(0, 2)]                  # the batch of two ran in two shards
-    assert two._split.starts == 2                             # the first batch, then once the moments existed
-    assert two._split._last_key == 5          # shared buffers made in all: parameters, gradients, two moments, staging
+    assert two._split.starts == 1                             # the moments found spares the child knew
+    assert two._split._last_key == 6          # shared buffers made: staging, gradients, four spares (parameters, moments)
+    assert len(two._split.spares) == 1                        # (one left: Adam has two moments)
 
 
 def test_where_the_split_applies():
@@ -374,7 +375,7 @@ def test_training_with_halves_equals_one_process(rng, halves):
     (p1, s1), (p2, s2) = runs = [_train(lm, batch, 20, "adam", weight_decay=0.1) for lm in (one, two)]
     _assert_same_training(*runs)
     assert two._split.theirs is not None and two._split.key_of(p2.flat) is not None
-    assert two._split.starts == 2                       # the first batch, then once the moments existed
+    assert two._split.starts == 1                       # the moments found spares the child knew
 
 
 def _fail_in_child(monkeypatch, error):
