@@ -213,7 +213,7 @@ class UnitSplit:
     the next call) and the optimizer's moments (made like the parameters; the parameters' buffer and the
     moments' are spares made before the first fork, ``SPARES``). A batch larger than the capacity, or a
     buffer made since the fork, starts a new child (in a training run: at its first batch, and when a batch
-    outgrows the arrays; a fork and the child's first batches cost 0.1–0.3 s on a 2-core VM).
+    outgrows the arrays; a fork and the child's first batches cost ~0.13 s on a 2-core VM).
     """
     HEADROOM = 1.25           # per-batch arrays are made this much larger than the batch that needs them
     OPT_BYTES = 1 << 16       # room for the pickled optimizer (its options and step count)
