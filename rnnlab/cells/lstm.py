@@ -24,8 +24,9 @@ class LSTM(Cell):
     STEP_FACTORS_MIN = 16384     # rows × units of a batch's average step from which the backward's
                                  # factors are computed step by step (measured: experiments/benchmarks/README.md)
     FOLD_MAX_H = 256             # units up to which the sigmoid gates' halving is done once per batch, on the
-                                 # inputs' part and on a copy of Wh, instead of once per step (a copy of a
-                                 # larger Wh costs more than the per-step calls it saves; measured: ibid.)
+                                 # inputs' part and on a copy of Wh, instead of once per step (A/B at 64 to 256
+                                 # units: ibid., session 14); wider, the copy of Wh (4H² values, 1 M at 512)
+                                 # outweighs the per-step calls it saves
 
     def init(self, input_size, hidden_size, rng, dtype=np.float32):
         """As ``Cell.init``, with the forget-gate bias set to 1 (a common, helpful default)."""
