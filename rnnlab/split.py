@@ -58,7 +58,7 @@ import weakref
 
 import numpy as np
 
-from .cells.base import Packing, as_gates
+from .cells.base import Layout, Packing, as_gates
 from .flat import FlatParams
 from .threads import hold_one_blas_thread, one_blas_thread, release_blas_threads
 
@@ -310,10 +310,7 @@ class UnitSplit:
                     ints, floats = self.a["ints"], self.a["floats"]
                     if op == b"b":
                         B, N, kp, kg = (int(v) for v in ints[:4])
-                        for k in (kp, kg):
-                            if k not in views:
-                                views[k] = FlatParams.over(self.buffers[k], self.layout)
-                        params, grads = views[kp], views[kg]
+                        params, grads = self._views(views, kp, kg)
                         lengths, ids, y = ints[16:16 + B], ints[16 + B:16 + B + N], ints[16 + B + N:16 + B + 2 * N]
                         self._half(share, params, grads, ids, y, Packing(lengths), float(floats[0]))
                     elif op == b"s":
@@ -330,6 +327,14 @@ class UnitSplit:
             code = 0
         finally:
             os._exit(code)
+
+    def _views(self, views: dict, *keys: int) -> list:
+        """The child's named views (``FlatParams``) of the shared buffers of ``keys``, made on first use and
+        kept in ``views`` (a key's buffer never changes)."""
+        for k in keys:
+            if k not in views:
+                views[k] = FlatParams.over(self.buffers[k], self.layout)
+        return [views[k] for k in keys]
 
     def _child_alive(self) -> None:
         if os.waitpid(self.child[0], os.WNOHANG) != (0, 0):
@@ -367,11 +372,7 @@ class UnitSplit:
         """Forward and backward of the packed batch (ids, y (N,), initial state in packed order, None for
         zeros): returns (summed NLL, gradients of the summed NLL / ``scale`` — a ``FlatParams`` in shared
         memory, overwritten by the next call —, final state in packed order)."""
-        if not (isinstance(params, FlatParams) and self.key_of(params.flat) is not None):
-            params = self._staged(params)        # not (yet) in shared memory: a copy there
-        if self.grads is None or not self.grads.same_layout(params):
-            self.grads = FlatParams.like(params, fill=0, same_memory=True)
-        self.layout = params.layout
+        params = self._in_shared_memory(params)
         B, N = pk.B, pk.N
         kp, kg = self._ready(B, N, (params.flat, self.grads.flat))
         ints, a = self.a["ints"], self.a
@@ -382,6 +383,16 @@ class UnitSplit:
             arr[:B] = s0
         total, final = self._run(b"b", lambda: self._half(self.share, params, self.grads, ids, y, pk, scale))
         return total, self.grads, final
+
+    def _in_shared_memory(self, params):
+        """``params`` where the child can read them (a staged copy if they are not yet there), with the
+        gradient buffer ``grads`` made like them and their layout noted for the child."""
+        if not (isinstance(params, FlatParams) and self.key_of(params.flat) is not None):
+            params = self._staged(params)        # not (yet) in shared memory: a copy there
+        if self.grads is None or not self.grads.same_layout(params):
+            self.grads = FlatParams.like(params, fill=0, same_memory=True)
+        self.layout = params.layout
+        return params
 
     def _staged(self, params):
         """``params`` copied into a flat buffer in shared memory (kept for the next call)."""
@@ -433,15 +444,10 @@ class UnitSplit:
         waits for the other process: this is data parallelism, as in PyTorch's DistributedDataParallel).
         Returns (summed NLL, the sum of the halves' gradients — a ``FlatParams`` in shared memory,
         overwritten by the next call —, the final states of each half (this process's first))."""
-        from .cells.base import Layout
         from .model import _rows
-        if not (isinstance(params, FlatParams) and self.key_of(params.flat) is not None):
-            params = self._staged(params)
-        if self.grads is None or not self.grads.same_layout(params):
-            self.grads = FlatParams.like(params, fill=0, same_memory=True)
+        params = self._in_shared_memory(params)
         if self.theirs is None or not self.theirs.same_layout(params):
             self.theirs = FlatParams.like(params, fill=0, same_memory=True)   # the child's half
-        self.layout = params.layout
         mine, theirs = columns
         T, B1 = len(x), len(theirs)
         # the child's columns go through the shared ints (ids, targets, mask), their states through hs/cs
@@ -469,18 +475,15 @@ class UnitSplit:
 
     def _serve_half(self, share: Share, views: dict, ints, floats) -> None:
         """The child's side of ``halves``: its columns' forward and backward, written into shared memory."""
-        from .cells.base import Layout
         T, B1, kp, kg, has_state = (int(v) for v in ints[:5])
         try:
-            for k in (kp, kg):
-                if k not in views:
-                    views[k] = FlatParams.over(self.buffers[k], self.layout)
+            params, grads = self._views(views, kp, kg)
             x, y, mask = ints[16:16 + 3 * T * B1].reshape(3, T, B1)
             arrays = (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]
             state0 = [tuple(arr[:B1].copy() for arr in arrays)] if has_state else None
-            total, grads, final, _ = self.lm._grads(views[kp], x, y, Layout(mask, T, B1), state0, None, None,
-                                                    float(floats[0]), float(floats[3]))
-            np.copyto(views[kg].flat, grads.flat)
+            total, half, final, _ = self.lm._grads(params, x, y, Layout(mask, T, B1), state0, None, None,
+                                                   float(floats[0]), float(floats[3]))
+            np.copyto(grads.flat, half.flat)
             for arr, s in zip(arrays, final[0]):
                 arr[:B1] = s
             floats[2], ints[5] = total, 0
