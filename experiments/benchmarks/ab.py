@@ -15,7 +15,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,13 +28,8 @@ def compare(a: str, b: str, cell: str, H: int, B: int, rounds: int) -> list[floa
     for checkout in (a, b):
         os.environ["PYTHONPATH"] = str(Path(checkout).resolve())
         workers.append(bench.Worker("rnnlab", cell, H, B, "float32", steps))
-    ratios = []
-    for r in range(rounds):
-        rate = {}
-        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-            time.sleep(bench.SETTLE)
-            rate[k] = workers[k].timed_pass()["chars_per_sec"]
-        ratios.append(rate[1] / rate[0])
+    a, b = workers
+    ratios = [got[b]["chars_per_sec"] / got[a]["chars_per_sec"] for got in bench.take_turns(workers, rounds)]
     for w in workers:
         w.end()
     return ratios

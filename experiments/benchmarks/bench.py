@@ -117,7 +117,7 @@ def torch_trainer(cell, H, V, dtype, lr=0.001):
 
 
 def worker(framework, cell, H, B, dtype, steps):
-    """One framework's side of a point, driven through stdin by ``Point``: it builds the trainer, warms it up
+    """One framework's side of a point, driven through stdin by ``Worker``: it builds the trainer, warms it up
     and says ``{"ready": …}``; at each ``pass`` it trains once over the batches and prints that pass's chars/s
     (rnnlab: also the products alone, timed right after); at ``end`` it prints the process's peak RSS. One
     JSON line per answer on stdout."""
@@ -306,6 +306,22 @@ def run_point(framework, cell, H, B, dtype, steps, repeats) -> dict:
     return {"chars_per_sec": statistics.median(rates), "rates": rates, "peak_rss_mib": w.end()}
 
 
+def take_turns(workers, rounds: int, before=None) -> list[dict]:
+    """``rounds`` timed passes of each of two ``Worker``s, in turn — first, second | second, first | … — with
+    the ``SETTLE`` pause before each and ``before(worker)`` (if given) just before it. Returns, per round,
+    {worker: its pass's measurements}."""
+    got = []
+    for r in range(rounds):
+        passes = {}
+        for w in (workers if r % 2 == 0 else workers[::-1]):
+            if before is not None:
+                before(w)
+            time.sleep(SETTLE)
+            passes[w] = w.timed_pass()
+        got.append(passes)
+    return got
+
+
 def side_by_side(cell, H, B, V, dtype, steps, repeats) -> dict:
     """Both frameworks at one point, each in its own process (its own peak RSS), their timed passes taken
     in turn — rnnlab, PyTorch, PyTorch, rnnlab, … — with the matmul rate measured just before each of
@@ -313,15 +329,14 @@ def side_by_side(cell, H, B, V, dtype, steps, repeats) -> dict:
     a few seconds apart, not processes minutes apart. Ratios are the medians of the rounds' ratios."""
     ours = Worker("rnnlab", cell, H, B, dtype, steps)
     theirs = Worker("torch", cell, H, B, dtype, steps)
-    rounds = []
-    for r in range(repeats):
-        got = {}
-        for side in ((ours, theirs) if r % 2 == 0 else (theirs, ours)):
-            if side is ours:
-                got["matmul"] = matmul_rate(dtype, repeats=3)
-            time.sleep(SETTLE)
-            got[side] = side.timed_pass()
-        rounds.append(got)
+    matmul = []
+
+    def before(side):
+        if side is ours:
+            matmul.append(matmul_rate(dtype, repeats=3))
+    rounds = take_turns((ours, theirs), repeats, before)
+    for g, rate in zip(rounds, matmul):
+        g["matmul"] = rate
     vs_torch = [g[ours]["chars_per_sec"] / g[theirs]["chars_per_sec"] for g in rounds]
     bound = [g["matmul"] / flops_per_char(cell, H, V) for g in rounds]
     return {"ratio": statistics.median(vs_torch),
