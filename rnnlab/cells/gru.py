@@ -4,8 +4,8 @@
     n = tanh(x Wx_n + b_n + r * (h Wh_n + bh))
     h_t = (1 - u) * n + u * h_{t-1}
 
-The forward pass halves the pre-activations of r and u so that one ``tanh`` call activates both gates:
-sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major, (3, N, H) (see ``base``).
+The forward pass negates the pre-activations of r and u so that one ``exp`` call activates both gates:
+sigmoid(z) = 1 / (1 + exp(-z)) (``base.activate``). Gates are kept gate-major, (3, N, H) (see ``base``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
-                   project_step, RecurrentBackward, RecurrentForward, sigmoid, states, tanh_to_sigmoid)
+                   project_step, RecurrentBackward, RecurrentForward, activate, sigmoid, states)
 
 
 @CELLS.register("gru")
@@ -44,27 +44,28 @@ class GRU(Cell):
         recurrent = (share.recurrent(params["Wh"], 3, pk) if share           # h_{t-1} Wh, (3, n, H)
                      else RecurrentForward(params["Wh"], 3, B))
         rn = np.empty((B, H), dt)
+        ones = np.ones((2, 1, 1), dt)
+        z[:2] *= -1                              # the gates' pre-activations negated, for ``activate``
         p = 0
-        for s, n in pk.steps:
-            h, r, e = hs[p:p + n, own], B + s, s + n
-            hw = recurrent(hs[p:p + n])
-            ru = z[:2, s:e]
-            ru += hw[:2]
-            ru *= 0.5                            # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for both gates
-            np.tanh(ru, out=ru)
-            tanh_to_sigmoid(ru)
-            np.add(hw[2], bh, out=hn[s:e])
-            np.multiply(r_[s:e], hn[s:e], out=rn[:n])
-            c = cand[s:e]
-            c += rn[:n]
-            np.tanh(c, out=c)
-            new = hs[r:r + n, own]
-            np.subtract(h, c, out=new)  # h_t = n + u * (h - n)
-            new *= u[s:e]
-            new += c
-            if share:
-                recurrent.written(hs[r:r + n])   # for the other process's next step
-            p = r
+        with np.errstate(over="ignore"):
+            for s, n in pk.steps:
+                h, r, e = hs[p:p + n, own], B + s, s + n
+                hw = recurrent(hs[p:p + n])
+                ru = z[:2, s:e]
+                np.subtract(ru, hw[:2], out=ru)  # -(x Wx + b + h Wh) for r and u
+                activate(ru, ones, 2)            # one exp for both gates
+                np.add(hw[2], bh, out=hn[s:e])
+                np.multiply(r_[s:e], hn[s:e], out=rn[:n])
+                c = cand[s:e]
+                c += rn[:n]
+                np.tanh(c, out=c)
+                new = hs[r:r + n, own]
+                np.subtract(h, c, out=new)  # h_t = n + u * (h - n)
+                new *= u[s:e]
+                new += c
+                if share:
+                    recurrent.written(hs[r:r + n])   # for the other process's next step
+                p = r
         cache = (x, z, hs, hn, params, pk, own, share)
         return (hs[B:], final_states((hs,), pk)), cache
 

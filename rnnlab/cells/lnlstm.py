@@ -26,9 +26,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..registry import CELLS
-from .lstm import factor_workspaces, gate_factors
+from .lstm import LSTM, factor_workspaces, gate_factors
 from .base import (Cell, Packing, RecurrentBackward, RecurrentForward, as_gates, final_states, gate_major,
-                   grad_buffer, onehot, project_step, sigmoid, tanh_to_sigmoid)
+                   grad_buffer, onehot, project_step, sigmoid, activate)
 
 EPS = 1e-5
 
@@ -137,26 +137,28 @@ class LNLSTM(Cell):
         i, f, o, g = z
         B, H, dt = pk.B, hs.shape[1], z.dtype
         ig = np.empty((B, H), dt)
+        scales = np.array(LSTM.SCALES, dt).reshape(4, 1, 1)     # one exp for all gates (``activate``)
+        numerators = -scales
         p = 0                                    # first row of the previous step's states
-        for s, n in pk.steps:
-            zt, r, e = z[:, s:s + n], B + s, s + n
-            rec = recurrent(hs[p:p + n])
-            _, sr[:, s:e] = layer_norm(rec, out=rn[:, s:e])
-            np.multiply(rn[:, s:e], gh, out=rec)
-            zt += rec
-            zt[:3] *= 0.5                        # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
-            np.tanh(zt, out=zt)
-            tanh_to_sigmoid(zt[:3])
-            c = cs[r:r + n]
-            np.multiply(f[s:e], cs[p:p + n], out=c)
-            np.multiply(i[s:e], g[s:e], out=ig[:n])
-            c += ig[:n]
-            _, sc[s:e] = layer_norm(c, out=cn[s:e])
-            np.multiply(cn[s:e], gc, out=tc[s:e])
-            tc[s:e] += bc
-            np.tanh(tc[s:e], out=tc[s:e])
-            np.multiply(o[s:e], tc[s:e], out=hs[r:r + n])
-            p = r
+        with np.errstate(over="ignore"):
+            for s, n in pk.steps:
+                zt, r, e = z[:, s:s + n], B + s, s + n
+                rec = recurrent(hs[p:p + n])
+                _, sr[:, s:e] = layer_norm(rec, out=rn[:, s:e])
+                np.multiply(rn[:, s:e], gh, out=rec)
+                zt += rec
+                zt *= scales
+                activate(zt, numerators, 3)
+                c = cs[r:r + n]
+                np.multiply(f[s:e], cs[p:p + n], out=c)
+                np.multiply(i[s:e], g[s:e], out=ig[:n])
+                c += ig[:n]
+                _, sc[s:e] = layer_norm(c, out=cn[s:e])
+                np.multiply(cn[s:e], gc, out=tc[s:e])
+                tc[s:e] += bc
+                np.tanh(tc[s:e], out=tc[s:e])
+                np.multiply(o[s:e], tc[s:e], out=hs[r:r + n])
+                p = r
 
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h, c, the gates i, f, o, g."""

@@ -3,8 +3,10 @@
     z = x_t Wx + h_{t-1} Wh + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
     c_t = f * c_{t-1} + i * g;     h_t = o * tanh(c_t)
 
-The forward pass halves the pre-activations of i, f, o so that one ``tanh`` call activates all four
-gates: sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Gates are kept gate-major, (4, N, H) (see ``base``).
+One ``exp`` call activates all four gates (``base.activate``): the forward pass scales the pre-activations
+of i, f, o by -1 and of g by -2, so that sigmoid(z) = 1 / (1 + exp(-z)) and tanh(z) = 2 / (1 + exp(-2z)) - 1.
+(NumPy's ``exp`` costs about half its ``tanh`` on AVX2 machines.) Gates are kept gate-major, (4, N, H) (see
+``base``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
-                   project_step, RecurrentBackward, RecurrentForward, sigmoid, states, tanh_to_sigmoid)
+                   project_step, RecurrentBackward, RecurrentForward, activate, sigmoid, states)
 
 
 @CELLS.register("lstm")
@@ -23,10 +25,11 @@ class LSTM(Cell):
     splits_units = True
     STEP_FACTORS_MIN = 16384     # rows × units of a batch's average step from which the backward's
                                  # factors are computed step by step (measured: experiments/benchmarks/README.md)
-    FOLD_MAX_H = 256             # units up to which the sigmoid gates' halving is done once per batch, on the
-                                 # inputs' part and on a copy of Wh, instead of once per step (A/B at 64 to 256
-                                 # units: ibid., session 14); wider, the copy of Wh (4H² values, 1 M at 512)
-                                 # outweighs the per-step calls it saves
+    FOLD_MAX_H = 256             # units up to which the gates' scaling is done once per batch, on the inputs'
+                                 # part and on a copy of Wh, instead of once per step (A/B at 64 to 256 units:
+                                 # ibid., session 14); wider, the copy of Wh (4H² values, 1 M at 512) outweighs
+                                 # the per-step calls it saves
+    SCALES = (-1, -1, -1, -2)    # of the gates' pre-activations, for ``activate`` (exact: powers of two)
 
     def init(self, input_size, hidden_size, rng, dtype=np.float32):
         """As ``Cell.init``, with the forget-gate bias set to 1 (a common, helpful default)."""
@@ -46,29 +49,31 @@ class LSTM(Cell):
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, cs, own = share.states(B + pk.N, 2) if share else states(state0, B + pk.N, H, dt)
         tanh_c = np.empty((pk.N, H), dt)
-        Wh, halved = params["Wh"], len(params["Wh"]) <= self.FOLD_MAX_H
-        if halved:                   # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): z / 2 for i, f, o (exact: a power of two)
-            z[:3] *= 0.5
-            Wh = Wh * np.repeat(np.array([0.5, 0.5, 0.5, 1], dt), H)
+        scales = np.array(self.SCALES, dt).reshape(4, 1, 1)
+        numerators = -scales
+        Wh, folded = params["Wh"], len(params["Wh"]) <= self.FOLD_MAX_H
+        if folded:                   # the scaling once: on the inputs' part and a copy of Wh
+            z *= scales
+            Wh = Wh * np.repeat(scales.ravel(), H)
         recurrent = share.recurrent(Wh, 4, pk) if share else RecurrentForward(Wh, 4, B)   # h_{t-1} Wh, (4, n, H)
         ig = np.empty((B, H), dt)
         p = 0                                    # first row of the previous step's states
-        for s, n in pk.steps:
-            zt, r, e = z[:, s:s + n], B + s, s + n
-            zt += recurrent(hs[p:p + n])
-            if not halved:
-                zt[:3] *= 0.5                    # sigmoid(z) = 0.5 + 0.5 tanh(z / 2): one tanh for all gates
-            np.tanh(zt, out=zt)
-            tanh_to_sigmoid(zt[:3])
-            c = cs[r:r + n, own]
-            np.multiply(f[s:e], cs[p:p + n, own], out=c)
-            np.multiply(i[s:e], g[s:e], out=ig[:n])
-            c += ig[:n]
-            np.tanh(c, out=tanh_c[s:e])
-            np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n, own])
-            if share:
-                recurrent.written(hs[r:r + n])   # for the other process's next step
-            p = r
+        with np.errstate(over="ignore"):         # for ``activate``
+            for s, n in pk.steps:
+                zt, r, e = z[:, s:s + n], B + s, s + n
+                zt += recurrent(hs[p:p + n])
+                if not folded:
+                    zt *= scales
+                activate(zt, numerators, 3)
+                c = cs[r:r + n, own]
+                np.multiply(f[s:e], cs[p:p + n, own], out=c)
+                np.multiply(i[s:e], g[s:e], out=ig[:n])
+                c += ig[:n]
+                np.tanh(c, out=tanh_c[s:e])
+                np.multiply(o[s:e], tanh_c[s:e], out=hs[r:r + n, own])
+                if share:
+                    recurrent.written(hs[r:r + n])   # for the other process's next step
+                p = r
         cache = (x, z, hs, cs, tanh_c, params, pk, own, share)
         return (hs[B:], final_states((hs, cs), pk)), cache
 
