@@ -137,8 +137,7 @@ class LNLSTM(Cell):
         i, f, o, g = z
         B, H, dt = pk.B, hs.shape[1], z.dtype
         ig = np.empty((B, H), dt)
-        scales = np.array(LSTM.SCALES, dt).reshape(4, 1, 1)     # one exp for all gates (``activate``)
-        numerators = -scales
+        scales, numerators = LSTM.gate_scales(dt)          # one exp for all gates (``activate``)
         p = 0                                    # first row of the previous step's states
         with np.errstate(over="ignore"):
             for s, n in pk.steps:

@@ -31,6 +31,13 @@ class LSTM(Cell):
                                  # the per-step calls it saves
     SCALES = (-1, -1, -1, -2)    # of the gates' pre-activations, for ``activate`` (exact: powers of two)
 
+    @classmethod
+    def gate_scales(cls, dtype):
+        """(scales, numerators), each (4, 1, 1) of ``dtype``: the factors of the gates' pre-activations and
+        ``activate``'s numerators (their negatives) — for this cell and the layer-normalised LSTM."""
+        scales = np.array(cls.SCALES, dtype).reshape(4, 1, 1)
+        return scales, -scales
+
     def init(self, input_size, hidden_size, rng, dtype=np.float32):
         """As ``Cell.init``, with the forget-gate bias set to 1 (a common, helpful default)."""
         params = super().init(input_size, hidden_size, rng, dtype)
@@ -49,8 +56,7 @@ class LSTM(Cell):
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, cs, own = share.states(B + pk.N, 2) if share else states(state0, B + pk.N, H, dt)
         tanh_c = np.empty((pk.N, H), dt)
-        scales = np.array(self.SCALES, dt).reshape(4, 1, 1)
-        numerators = -scales
+        scales, numerators = self.gate_scales(dt)
         Wh, folded = params["Wh"], len(params["Wh"]) <= self.FOLD_MAX_H
         if folded:                   # the scaling once: on the inputs' part and a copy of Wh
             z *= scales
