@@ -11,7 +11,8 @@ an evaluation or a checkpoint write, the final report. After each one:
 * resuming reaches the uninterrupted run's final parameters and final loss bit for bit.
 
 ``RNNLAB_FAULT_RUNS`` (default 5, each fault once) sets how many runs; ``RNNLAB_FAULT_SEED`` the seed of the draws. A soak:
-``RNNLAB_FAULT_RUNS=40 python -m pytest tests/test_faults.py -q -s`` prints the moments it covered.
+``RNNLAB_FAULT_RUNS=40 python -m pytest tests/test_faults.py -q -s`` prints the moment each run covered.
+Each run is a test of its own (its draws seeded by the seed and its number).
 """
 
 import os
@@ -130,77 +131,75 @@ def draw(rng, i):
 
 
 @pytest.mark.slow
-def test_random_faults_lose_nothing_and_leave_nothing_stuck(tmp_path, reference):
+@pytest.mark.parametrize("i", range(RUNS))
+def test_random_faults_lose_nothing_and_leave_nothing_stuck(tmp_path, reference, i):
+    """Run i of RUNS, its draws from its own generator (seeded by SEED and i): the runs are independent
+    tests, which pytest-xdist spreads over its workers."""
     ref_ckpt, ref_out = reference
-    rng = np.random.default_rng(SEED)
-    moments, report = set(), []
+    rng = np.random.default_rng([SEED, i])
     t_start = time.time()
-    for i in range(RUNS):
-        fault, kind, target = draw(rng, i)
-        cwd = tmp_path / f"run{i}"
-        cwd.mkdir()
-        uri = f"sqlite:///{cwd / 'mlflow.db'}"
-        w = Watched(ARGS, cwd)
-        if kind == "launch":
-            time.sleep(target)
-        elif kind == "step":
-            w.wait_for(f"step {target}/{STEPS}  train_loss")
-            time.sleep(float(rng.uniform(0, 0.02)))
-        else:
-            w.wait_for(f"step {STEPS}/{STEPS}  val_nll")
-            time.sleep(target)
-        moment = w.moment() if w.proc.poll() is None else "after the process ended"
-        w.send(fault, rng) if w.proc.poll() is None else None
-        out = w.finish(f"run {i}: {fault} at {moment}")
-        moments.add(moment)
-        code = w.proc.returncode
-        case = f"run {i}: {fault} at {moment} (exit {code})"
-        report.append(case)
-        sig = signal.SIGKILL if fault == "SIGKILL" else signal.SIGINT if "SIGINT" in fault else getattr(signal, fault)
-        assert code in (0, 128 + sig, -sig), f"{case}\n{out[-3000:]}"
-        if code not in (-signal.SIGKILL,) and moment not in ("launch (imports, Hydra) before the store",):
-            assert "Traceback" not in out, f"{case}\n{out[-3000:]}"
+    fault, kind, target = draw(rng, i)
+    cwd = tmp_path / f"run{i}"
+    cwd.mkdir()
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    w = Watched(ARGS, cwd)
+    if kind == "launch":
+        time.sleep(target)
+    elif kind == "step":
+        w.wait_for(f"step {target}/{STEPS}  train_loss")
+        time.sleep(float(rng.uniform(0, 0.02)))
+    else:
+        w.wait_for(f"step {STEPS}/{STEPS}  val_nll")
+        time.sleep(target)
+    moment = w.moment() if w.proc.poll() is None else "after the process ended"
+    w.send(fault, rng) if w.proc.poll() is None else None
+    out = w.finish(f"run {i}: {fault} at {moment}")
+    code = w.proc.returncode
+    case = f"run {i}: {fault} at {moment} (exit {code})"
+    sig = signal.SIGKILL if fault == "SIGKILL" else signal.SIGINT if "SIGINT" in fault else getattr(signal, fault)
+    assert code in (0, 128 + sig, -sig), f"{case}\n{out[-3000:]}"
+    if code not in (-signal.SIGKILL,) and moment not in ("launch (imports, Hydra) before the store",):
+        assert "Traceback" not in out, f"{case}\n{out[-3000:]}"
 
-        # the store opens and accepts a new run (created now if the kill came before it existed)
-        from rnnlab.tracking import connect
-        client, _ = connect(uri)
-        exp = client.get_experiment_by_name("rnnlab") or client.get_experiment(client.create_experiment("rnnlab"))
-        probe = client.create_run(exp.experiment_id, run_name="probe")
-        client.set_terminated(probe.info.run_id, "FINISHED")
+    # the store opens and accepts a new run (created now if the kill came before it existed)
+    from rnnlab.tracking import connect
+    client, _ = connect(uri)
+    exp = client.get_experiment_by_name("rnnlab") or client.get_experiment(client.create_experiment("rnnlab"))
+    probe = client.create_run(exp.experiment_id, run_name="probe")
+    client.set_terminated(probe.info.run_id, "FINISHED")
 
-        # no RUNNING run without a live process (a SIGKILLed one: gone, to be settled by resume)
-        from rnnlab.tracking.store import process_state
+    # no RUNNING run without a live process (a SIGKILLed one: gone, to be settled by resume)
+    from rnnlab.tracking.store import process_state
+    _, runs = runs_of(uri)
+    running = [r for r in runs if r.info.status == "RUNNING"]
+    if fault != "SIGKILL":
+        assert not running, f"{case}: left RUNNING\n{out[-3000:]}"
+    assert all(process_state(r) == "gone" for r in running), case
+
+    # the last checkpoint loads; resume reaches the uninterrupted run bit for bit
+    folders = list((cwd / "outputs").glob("*/*/checkpoints/last.npz"))
+    if not folders:
+        assert not running or fault == "SIGKILL", case
+        return
+    (last,) = folders
+    k = ckpt_io.load(last).step
+    stale = [r for r in running if r.data.tags.get("rnnlab.checkpoint_dir") == str(last.parent.resolve())]
+    source = stale[0].info.run_id if stale else str(last)
+    if k >= STEPS:  # stopped after its last step: nothing to resume, the checkpoint is the final one
+        resumed_ckpt = ckpt_io.load(last)
+    else:
+        again = cli([*ARGS, f"resume={source}"], cwd)
+        assert again.returncode == 0, f"{case}: resume={source}\n{again.stderr[-3000:]}"
+        resumed_dir = max((cwd / "outputs").glob("*/*"), key=lambda p: p.stat().st_mtime)
+        resumed_ckpt = ckpt_io.load(resumed_dir / "checkpoints" / "last.npz")
+        text = again.stdout + again.stderr
+        final = [line for line in text.splitlines() if "final val_nll" in line]
+        ref_final = [line for line in ref_out.splitlines() if "final val_nll" in line]
+        assert final and final[-1].split("final val_nll")[1].split(" nats")[0] == \
+            ref_final[-1].split("final val_nll")[1].split(" nats")[0], case
         _, runs = runs_of(uri)
-        running = [r for r in runs if r.info.status == "RUNNING"]
-        if fault != "SIGKILL":
-            assert not running, f"{case}: left RUNNING\n{out[-3000:]}"
-        assert all(process_state(r) == "gone" for r in running), case
-
-        # the last checkpoint loads; resume reaches the uninterrupted run bit for bit
-        folders = list((cwd / "outputs").glob("*/*/checkpoints/last.npz"))
-        if not folders:
-            assert not running or fault == "SIGKILL", case
-            continue
-        (last,) = folders
-        k = ckpt_io.load(last).step
-        stale = [r for r in running if r.data.tags.get("rnnlab.checkpoint_dir") == str(last.parent.resolve())]
-        source = stale[0].info.run_id if stale else str(last)
-        if k >= STEPS:  # stopped after its last step: nothing to resume, the checkpoint is the final one
-            resumed_ckpt = ckpt_io.load(last)
-        else:
-            again = cli([*ARGS, f"resume={source}"], cwd)
-            assert again.returncode == 0, f"{case}: resume={source}\n{again.stderr[-3000:]}"
-            resumed_dir = max((cwd / "outputs").glob("*/*"), key=lambda p: p.stat().st_mtime)
-            resumed_ckpt = ckpt_io.load(resumed_dir / "checkpoints" / "last.npz")
-            text = again.stdout + again.stderr
-            final = [line for line in text.splitlines() if "final val_nll" in line]
-            ref_final = [line for line in ref_out.splitlines() if "final val_nll" in line]
-            assert final and final[-1].split("final val_nll")[1].split(" nats")[0] == \
-                ref_final[-1].split("final val_nll")[1].split(" nats")[0], case
-            _, runs = runs_of(uri)
-            assert not [r for r in runs if r.info.status == "RUNNING"], f"{case}: resume left a run RUNNING"
-        assert resumed_ckpt.step == STEPS
-        for name, value in ref_ckpt.params.items():
-            np.testing.assert_array_equal(resumed_ckpt.params[name], value, err_msg=f"{case}: {name}")
-    print(f"\n{RUNS} runs in {time.time() - t_start:.0f}s, {len(moments)} distinct moments:")
-    print("\n".join(report))
+        assert not [r for r in runs if r.info.status == "RUNNING"], f"{case}: resume left a run RUNNING"
+    assert resumed_ckpt.step == STEPS
+    for name, value in ref_ckpt.params.items():
+        np.testing.assert_array_equal(resumed_ckpt.params[name], value, err_msg=f"{case}: {name}")
+    print(f"\n{case}: {time.time() - t_start:.0f}s")
