@@ -65,7 +65,7 @@ from .threads import hold_one_blas_thread, one_blas_thread, release_blas_threads
 SPINS = 2000          # a barrier's spins (~0.1 ms) before it gives the core away between its checks
 ALIVE_EVERY = 0.05    # seconds between a waiting barrier's checks that the other process is alive
 IDLE_POLL = 0.002     # seconds the second process polls for its next command before it sleeps
-ROWS_MAX_H = 256      # units up to which the backward's products use copies of Whᵀ (``Share.exchanging``)
+ROWS_MAX_H = 256      # units up to which the backward's products are dz·Whᵀ in rows (``Share.exchanging``)
 
 
 class WorkerDied(RuntimeError):
@@ -134,12 +134,13 @@ class Share:
         its gates dz (n, G*h) and its columns of Wh (H, G*h): dz Wh[own]ᵀ plus the other process's part,
         dz' Wh'[own]ᵀ. The part the other needs is computed first and shared, so that the other's wait
         for it overlaps this process's own part. Each product in the faster of two forms (measured:
-        experiments/benchmarks/README.md, session 12): up to ``ROWS_MAX_H`` units, with contiguous
-        copies of the two blocks of Whᵀ made once per batch; above, Wh[units] dzᵀ (h, n), Wh read in
-        place (a transposed copy costs more than it saves), the sum read transposed."""
+        experiments/benchmarks/README.md, sessions 12 and 16): up to ``ROWS_MAX_H`` units, dz times the
+        two blocks of Whᵀ, BLAS reading the blocks transposed in place (per-batch contiguous copies of them
+        measured 1–1.5 % slower for the LSTM at 256 units); above, Wh[units] dzᵀ (h, n), the sum read
+        transposed."""
         P, h = self.a["P"], Wh.shape[0] // 2
         if Wh.shape[0] <= ROWS_MAX_H:
-            mine, theirs = (np.ascontiguousarray(Wh[units].T) for units in (self.own, self.theirs))
+            mine, theirs = (Wh[units].T for units in (self.own, self.theirs))    # BLAS reads them transposed
 
             def back(dz, out):
                 n = len(out)
