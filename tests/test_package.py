@@ -119,3 +119,19 @@ def test_the_linter_keeps_the_framework_out_of_the_core(path, banned):
     out = ruff("check", "--stdin-filename", path, "-", stdin=source)
     assert ("TID251" in out.stdout) == banned, out.stdout
     assert (out.returncode != 0) == banned, out.stdout
+
+
+def test_interleaved_ab_compares_two_checkouts_in_one_process():
+    """experiments/benchmarks/interleaved.py with this checkout on both sides: both load as packages of their
+    own, train, and give a median ratio (near 1: the same code) with its quartiles over every batch pair."""
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "interleaved.py"), str(ROOT),
+                          str(ROOT), "--points", "lstm:16:4,gru:16:4", "--passes", "1"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["lstm", "gru"]
+    import re
+    for line in lines:
+        med, q1, q3, pairs = re.search(r"median ([\d.]+) \(quartiles ([\d.]+)–([\d.]+), (\d+) batch pairs", line).groups()
+        assert int(pairs) == 200                # steps_for(16, 4) batches, one pass
+        assert 0 < float(q1) and 0.5 < float(med) < 2, line   # the same code on both sides: near 1
