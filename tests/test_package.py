@@ -122,10 +122,10 @@ def test_the_linter_keeps_the_framework_out_of_the_core(path, banned):
 
 
 def test_interleaved_ab_compares_two_checkouts_in_one_process():
-    """experiments/benchmarks/interleaved.py with this checkout on both sides: both load as packages of their
+    """experiments/benchmarks/ab.py --interleaved with this checkout on both sides: both load as packages of their
     own, train, and give a median ratio (near 1: the same code) with its quartiles over every batch pair."""
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "interleaved.py"), str(ROOT),
-                          str(ROOT), "--points", "lstm:16:4,gru:16:4", "--passes", "1"],
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "ab.py"), str(ROOT),
+                          str(ROOT), "--points", "lstm:16:4,gru:16:4", "--interleaved", "1"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
