@@ -22,7 +22,7 @@ then hold BLAS at one thread in this process, as each would alone.
 from __future__ import annotations
 
 import argparse
-import importlib
+import gc
 import importlib.util
 import os
 import statistics
@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench
-import numpy as np
 
 
 def compare(a: str, b: str, cell: str, H: int, B: int, rounds: int) -> list[float]:
@@ -59,40 +58,27 @@ def load(checkout: str, name: str):
     return module
 
 
-def trainer(pkg: str, cell: str, H: int, V: int):
-    """bench.py's rnnlab step (Adam 0.001, norm clip 5, threads 2) built from the package ``pkg``."""
-    model, optim, clipping = (importlib.import_module(f"{pkg}.{m}") for m in ("model", "optim", "clipping"))
-    lm = model.CharLM(V, cell, H, dtype="float32", threads=int(bench.THREADS))
-    params = lm.init_params(np.random.default_rng(0))
-    opt, clip = optim.Adam(0.001), clipping.NormClip(5.0)
-
-    def step(b):
-        loss, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
-        clip(grads)
-        lm.update(opt, params, grads)
-        return loss
-    return step, lm
-
-
 def interleaved(cell: str, H: int, B: int, passes: int) -> list[float]:
     """The ratios t_A / t_B (> 1: B is faster) of every batch of ``passes`` passes over the point's batches."""
     V, data = bench.batches(B, bench.steps_for(H, B))
-    (step_a, lm_a), (step_b, lm_b) = trainer("rnnlab_a", cell, H, V), trainer("rnnlab_b", cell, H, V)
+    step_a, step_b = (bench.rnnlab_trainer(cell, H, V, "float32", package=p)[0] for p in ("rnnlab_a", "rnnlab_b"))
     for b in data[:3]:                  # warm-up: forks, workspaces, first-touch
         step_a(b)
         step_b(b)
+    def seconds(step, b):
+        t0 = time.perf_counter()
+        step(b)
+        return time.perf_counter() - t0
     ratios = []
     for p in range(passes):
         for i, b in enumerate(data):
-            first_a = (p + i) % 2 == 0
-            times = {}
-            for which, step in ((("a", step_a), ("b", step_b)) if first_a else (("b", step_b), ("a", step_a))):
-                t0 = time.perf_counter()
-                step(b)
-                times[which] = time.perf_counter() - t0
-            ratios.append(times["a"] / times["b"])
-    lm_a.close()
-    lm_b.close()
+            if (p + i) % 2 == 0:          # the first of the pair alternates
+                t_a, t_b = seconds(step_a, b), seconds(step_b, b)
+            else:
+                t_b, t_a = seconds(step_b, b), seconds(step_a, b)
+            ratios.append(t_a / t_b)
+    del step_a, step_b
+    gc.collect()                        # ends the models' unit-split processes, if any (as bench.py's worker)
     return ratios
 
 

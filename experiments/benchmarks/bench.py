@@ -54,22 +54,22 @@ def batches(batch_size: int, n: int, seed: int = 0):
     return len(ds.vocab), [ds.train_batch(s, batch_size, seed) for s in range(n)]
 
 
-def rnnlab_trainer(cell, H, V, dtype, lr=0.001):
-    """rnnlab's model: ``(step(batch) → loss, val_loss(dataset) → validation nats/char)``."""
-    from rnnlab.clipping import NormClip
-    from rnnlab.model import CharLM
-    from rnnlab.optim import Adam
-    from rnnlab.train import evaluate
-    lm = CharLM(V, cell, H, dtype=dtype, threads=int(THREADS))   # as the runner does (threads: one per CPU)
+def rnnlab_trainer(cell, H, V, dtype, lr=0.001, package="rnnlab"):
+    """rnnlab's model: ``(step(batch) → loss, val_loss(dataset) → validation nats/char)``; ``package``: the name
+    rnnlab is imported under (ab.py's interleaved A/B loads two checkouts as two packages)."""
+    import importlib
+    model, optim, clipping, train = (importlib.import_module(f"{package}.{m}")
+                                     for m in ("model", "optim", "clipping", "train"))
+    lm = model.CharLM(V, cell, H, dtype=dtype, threads=int(THREADS))   # as the runner does (threads: one per CPU)
     params = lm.init_params(np.random.default_rng(0))
-    opt, clip = Adam(lr), NormClip(5.0)
+    opt, clip = optim.Adam(lr), clipping.NormClip(5.0)
 
     def step(b):
         loss, grads, _ = lm.loss_and_grads(params, b.x, b.y, b.mask)
         clip(grads)
         lm.update(opt, params, grads)     # as the training loop does
         return loss
-    return step, lambda ds: evaluate(lm, params, ds, "val")
+    return step, lambda ds: train.evaluate(lm, params, ds, "val")
 
 
 def torch_trainer(cell, H, V, dtype, lr=0.001):
