@@ -130,8 +130,30 @@ def test_interleaved_ab_compares_two_checkouts_in_one_process():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["lstm", "gru"]
-    import re
     for line in lines:
         med, q1, q3, pairs = re.search(r"median ([\d.]+) \(quartiles ([\d.]+)–([\d.]+), (\d+) batch pairs", line).groups()
         assert int(pairs) == 200                # steps_for(16, 4) batches, one pass
         assert 0 < float(q1) and 0.5 < float(med) < 2, line   # the same code on both sides: near 1
+
+
+def test_split_waits_times_both_processes_waits():
+    """experiments/benchmarks/split_waits.py at a point whose batches split their units: both processes' waits
+    are recorded (the same number a batch: they meet at the same points), binned by size, and the batches'
+    imbalance reported; at a point that does not split, it says so."""
+    script = str(ROOT / "experiments" / "benchmarks" / "split_waits.py")
+    out = subprocess.run([sys.executable, script, "--point", "lstm:256:4", "--passes", "2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    batches = int(re.search(r"^(\d+) batches: a batch's part [\d.]+ ms", out.stdout, re.M).group(1))
+    assert 1 <= batches <= 8, out.stdout                  # the second pass's batches that split
+    per_batch = {}
+    for name in ("parent", "child"):
+        line = re.search(rf"{name} waits, (\d+) a batch — (.*)", out.stdout)
+        per_batch[name] = int(line.group(1))
+        counts = [int(n) for n in re.findall(r": (\d+) \(", line.group(2))]
+        assert len(counts) == 5 and abs(sum(counts) - per_batch[name] * batches) <= batches, line.group(0)
+    assert per_batch["parent"] == per_batch["child"] > 0, out.stdout
+    assert re.search(r"imbalance \|parent − child\| / 2: [\d.]+ ms a batch", out.stdout), out.stdout
+    out = subprocess.run([sys.executable, script, "--point", "lstm:64:4", "--passes", "2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and "no batch split its hidden units" in out.stdout, out.stdout + out.stderr

@@ -1,6 +1,6 @@
 """Training throughput of rnnlab against PyTorch on the CPU, side by side in one run.
 
-    python experiments/benchmarks/bench.py                 # the full grid → results.json, table.md
+    python experiments/benchmarks/bench.py                 # the full grid → results.json, results.md
     python experiments/benchmarks/bench.py --quick         # three points, for a smoke test
 
 Both frameworks train the same model on the same batches: one-hot input → cell → linear output →
