@@ -16,6 +16,7 @@ The first pass is a warm-up; the rest are reported.
 from __future__ import annotations
 
 import argparse
+import itertools
 import mmap
 import sys
 import time
@@ -82,7 +83,7 @@ def report(waits, counts, batches, done, first_wait, first_batch) -> None:
     for k, name in enumerate(("parent", "child")):
         w = waits[k, first_wait[k]:counts[k]] * 1e6
         cells = []
-        for lo, hi in zip(BINS_US, BINS_US[1:]):
+        for lo, hi in itertools.pairwise(BINS_US):
             sel = w[(w >= lo) & (w < hi)]
             label = f"≥ {lo / 1e3:g} ms" if hi == float("inf") else f"{lo:g}–{hi:g} µs"
             cells.append(f"{label}: {len(sel)} ({sel.sum() / 1e3 / n:.2f} ms/batch)")
