@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import mmap
 import sys
 import time
 from pathlib import Path
@@ -32,18 +31,13 @@ BINS_US = (0, 50, 200, 1000, 5000, float("inf"))
 CAPACITY = 1 << 18                       # waits recorded per process
 
 
-def shared(shape, dtype):
-    """A zeroed array in shared memory: the unit split's child, forked later, writes into the same one."""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return np.frombuffer(mmap.mmap(-1, n), dtype).reshape(shape)
-
-
 def timed(split):
     """Clocks around ``Share.wait`` and ``UnitSplit._half`` (class attributes, so the child, forked at the
     first batch, has them too), recording into shared arrays: (waits (2, CAPACITY), counts (2,),
-    batches (2, CAPACITY, 2): each batch's part and the waits within it, seconds)."""
-    waits, counts = shared((2, CAPACITY), np.float64), shared((2,), np.int64)
-    batches, done = shared((2, CAPACITY, 2), np.float64), shared((2,), np.int64)
+    batches (2, CAPACITY, 2): each batch's part and the waits within it, seconds), in the split's shared
+    memory (the child, forked later, writes into the same arrays)."""
+    waits, counts = split._shared((2, CAPACITY), np.float64), split._shared((2,), np.int64)
+    batches, done = split._shared((2, CAPACITY, 2), np.float64), split._shared((2,), np.int64)
     in_batch = [0.0]
     wait, half = split.Share.wait, split.UnitSplit._half
 
