@@ -84,8 +84,9 @@ def report(waits, counts, batches, done, first_wait, first_batch) -> None:
         print(f"  {name} waits, {len(w) / n:.0f} a batch — " + ", ".join(cells))
     d = (part[0] - waited[0]) - (part[1] - waited[1])               # parent's work − child's
     batch = np.median(part[0])
+    lag1 = f"; lag-1 autocorrelation {np.corrcoef(d[:-1], d[1:])[0, 1]:.2f}" if n > 2 else ""
     print(f"  imbalance |parent − child| / 2: {np.mean(np.abs(d)) / 2:.2f} ms a batch "
-          f"({np.mean(np.abs(d)) / 2 / batch:.1%}); lag-1 autocorrelation {np.corrcoef(d[:-1], d[1:])[0, 1]:.2f}")
+          f"({np.mean(np.abs(d)) / 2 / batch:.1%}){lag1}")
     if n > 4:
         guess = np.convolve(d, np.ones(3) / 3, "valid")[:-1]         # mean of the three batches before
         left = d[3:] - guess
@@ -98,6 +99,8 @@ def main():
     ap.add_argument("--point", default="lstm:512:128", help="cell:H:B (float32)")
     ap.add_argument("--passes", type=int, default=6, help="passes over the point's 8 batches, the first a warm-up")
     args = ap.parse_args()
+    if args.passes < 2:
+        ap.error(f"--passes {args.passes}: at least 2 (the first is a warm-up, not reported)")
     cell, H, B = args.point.split(":")
     from rnnlab import split
     recorded = timed(split)
