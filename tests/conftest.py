@@ -55,9 +55,15 @@ def free_port():
 
 
 class MlflowServer:
-    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend, started and stopped by a test."""
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend, started and stopped by a test.
+
+    Without MLflow's job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``): it serves the GenAI jobs
+    (LLM judges, trace roll-ups) that no test uses, and starting it costs eight more processes, each
+    importing MLflow — 31–32 s of CPU for a start against 13–14 s without (measured on the 2-core CI
+    machine), which the other tests of the parallel suite wait for."""
 
     def __init__(self, root):
+        import os
         import subprocess
         import sys
         import time
@@ -69,7 +75,8 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
              "--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.time() + 90
         while time.time() < deadline:
             try:
@@ -92,7 +99,17 @@ class MlflowServer:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
+    """A server of the test's own, for a test that stops it or needs it empty."""
     server = MlflowServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_server(tmp_path_factory):
+    """One server for the tests that each write and read only an experiment of their own name (one per
+    test process of the parallel suite): a start costs ~14 s of CPU."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     yield server
     server.stop()
 

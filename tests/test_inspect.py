@@ -454,17 +454,17 @@ def test_surprise_page_shows_coloured_text_in_chromium(trained):
 
 
 @pytest.mark.slow
-def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, mlflow_server):
+def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, shared_mlflow_server):
     """A run tracked by a real `mlflow server`, inspected by its id: the views are logged as the run's
     artifacts inspect/…, and the MLflow UI (headless Chromium) lists them and previews the page."""
     sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
     require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
-    track = [f"tracking.uri={mlflow_server.uri}", "tracking.experiment=looks"]
+    track = [f"tracking.uri={shared_mlflow_server.uri}", "tracking.experiment=looks"]
     out = cli(["cell=gru", "steps=20", "eval_every=10", "sample_every=10", "num_samples=2", "report_samples=0",
                "log_every=10", "cell.hidden_size=16", *track], tmp_path)
     assert out.returncode == 0, out.stderr
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(shared_mlflow_server.uri)
     exp = client.get_experiment_by_name("looks")
     (run,) = client.search_runs([exp.experiment_id])
     look = cli([f"run={run.info.run_id}", "views=[surprise,gates]", "out=looked", *track], tmp_path,
@@ -478,7 +478,7 @@ def test_views_of_a_run_go_to_its_artifacts_and_show_in_the_mlflow_ui(tmp_path, 
         browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts",
+            page.goto(f"{shared_mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts",
                       timeout=60000)
             page.get_by_text("inspect", exact=True).first.click(timeout=60000)
             page.get_by_text("surprise.html", exact=True).first.click(timeout=30000)

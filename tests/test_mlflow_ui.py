@@ -32,10 +32,10 @@ def hide_assistant(page):
 
 
 @pytest.mark.slow
-def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_path, mlflow_server):
+def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_path, shared_mlflow_server):
     sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
     require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
-    track = [f"tracking.uri={mlflow_server.uri}", "tracking.experiment=newcomer"]
+    track = [f"tracking.uri={shared_mlflow_server.uri}", "tracking.experiment=newcomer"]
     first = cli([*SMALL, "data.test_fraction=0.1", "tracking.register=dinos", *track], tmp_path)
     assert first.returncode == 0, first.stderr
     second = cli([*SMALL, "cell=gru", "seed=2", *track], tmp_path)
@@ -47,7 +47,7 @@ def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_pa
     assert "viewStateShareKey=rnnlab" in runs_link
 
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(shared_mlflow_server.uri)
     exp = client.get_experiment_by_name("newcomer")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = {r.data.tags["cell"]: r for r in client.search_runs([exp.experiment_id])}
@@ -75,13 +75,13 @@ def test_the_mlflow_ui_opens_on_training_runs_with_datasets_and_the_model(tmp_pa
             page.screenshot(path=str(shots / "2-run.png"), full_page=True)
             pages["run"] = page.inner_text("body")
             # the logged model
-            page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/models/{model.model_id}"
+            page.goto(f"{shared_mlflow_server.uri}/#/experiments/{exp.experiment_id}/models/{model.model_id}"
                       "?workflowType=machine_learning", timeout=60000)
             page.get_by_text("best_val_nll").first.wait_for(timeout=60000)
             page.screenshot(path=str(shots / "3-model.png"), full_page=True)
             pages["model"] = page.inner_text("body")
             # its registered version
-            page.goto(f"{mlflow_server.uri}/#/models/dinos/versions/1?workflowType=machine_learning", timeout=60000)
+            page.goto(f"{shared_mlflow_server.uri}/#/models/dinos/versions/1?workflowType=machine_learning", timeout=60000)
             page.get_by_text("Inputs (5)").first.click(timeout=60000)
             page.get_by_text("temperature").first.wait_for(timeout=30000)
             page.screenshot(path=str(shots / "4-registered-model.png"), full_page=True)

@@ -265,13 +265,13 @@ def test_tracking_server_going_away_loses_nothing_local(tmp_path, mlflow_server)
 
 
 @pytest.mark.slow
-def test_tracking_to_a_real_server(tmp_path, mlflow_server):
+def test_tracking_to_a_real_server(tmp_path, shared_mlflow_server):
     out = cli(["cell=gru", "cell.hidden_size=16", "steps=20", "eval_every=10",
-               f"tracking.uri={mlflow_server.uri}", "tracking.experiment=team"], tmp_path)
+               f"tracking.uri={shared_mlflow_server.uri}", "tracking.experiment=team"], tmp_path)
     assert out.returncode == 0, out.stderr
-    assert f"see it with: open {mlflow_server.uri}" in out.stdout + out.stderr
+    assert f"see it with: open {shared_mlflow_server.uri}" in out.stdout + out.stderr
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(shared_mlflow_server.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["cell.name"] == "gru"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20

@@ -180,23 +180,23 @@ def test_named_experiments_compose_from_conf(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_ui_shows_the_sweep_in_a_browser(tmp_path, mlflow_server):
+def test_mlflow_ui_shows_the_sweep_in_a_browser(tmp_path, shared_mlflow_server):
     """A real sweep into a real `mlflow server`, looked at in headless Chromium: the runs page groups
     the trials under their parent; the compare page shows the varied parameters against val_nll."""
     sync_playwright = require_module("playwright.sync_api", "the `browser` extra (Playwright)").sync_playwright
     require(Path(CHROMIUM).exists(), "Debian's chromium (apt-get install chromium)")
-    out = cli(["-m", "cell=rnn,gru", "lr=0.003,0.01", *SMALL, f"tracking.uri={mlflow_server.uri}",
+    out = cli(["-m", "cell=rnn,gru", "lr=0.003,0.01", *SMALL, f"tracking.uri={shared_mlflow_server.uri}",
                "tracking.experiment=uicheck"], tmp_path)
     assert out.returncode == 0, out.stderr
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(shared_mlflow_server.uri)
     exp, parents, trials, _ = sweep_runs(client, "uicheck")
     (parent,) = parents
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs", timeout=60000)
+            page.goto(f"{shared_mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs", timeout=60000)
             row = page.get_by_text(parent.info.run_name[:40]).first
             row.wait_for(timeout=60000)
             for t in trials:  # nested: hidden until the parent is expanded
@@ -207,7 +207,7 @@ def test_mlflow_ui_shows_the_sweep_in_a_browser(tmp_path, mlflow_server):
             page.screenshot(path=str(tmp_path / "runs.png"))
 
             ids = json.dumps([t.info.run_id for t in trials])
-            page.goto(f"{mlflow_server.uri}/#/compare-runs?runs={ids}"
+            page.goto(f"{shared_mlflow_server.uri}/#/compare-runs?runs={ids}"
                       f"&experiments={json.dumps([exp.experiment_id])}", timeout=60000)
             page.get_by_text("val_nll").first.wait_for(timeout=60000)
             page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
