@@ -196,6 +196,43 @@ def test_resume_from_mlflow_run_id(tmp_path):
     assert load(run_dir(tmp_path) / "checkpoints" / "last.npz").step == 30
 
 
+@pytest.mark.slow
+def test_the_printed_mlflow_ui_command_shows_the_run(tracked):
+    """The `mlflow ui …` line the run prints, pasted into a shell (on another port than 5000, which a
+    user's own UI may hold): the UI comes up, its API serves the run, and it runs lean — one worker
+    process, no job runner (see ``ui_command``)."""
+    import shutil
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import free_port
+    cwd, output, client, run, uri = tracked
+    (line,) = [ln for ln in output.splitlines() if "see it with: " in ln]
+    command = line.split("see it with: ", 1)[1].strip()
+    assert command.endswith("--port 5000 --workers 1") and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui" in command
+    port = free_port()
+    ui = subprocess.Popen([shutil.which("bash"), "-c", command.replace("--port 5000", f"--port {port}")],
+                          cwd=cwd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        deadline, answer = time.time() + 120, None
+        while answer is None and time.time() < deadline and ui.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id="
+                                            f"{run.info.run_id}", timeout=5) as r:
+                    answer = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None, "the printed mlflow ui command did not serve the run"
+        assert run.info.run_name in answer
+        children = subprocess.run(["pgrep", "-s", str(ui.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2, children    # the `mlflow ui` launcher and its one uvicorn worker
+    finally:
+        os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait()
+
+
 BAD = [
     (["lr=-1"], "lr must be > 0, got -1.0"),
     (["cell.dropout=1.5"], "cell.dropout must be in [0, 1), got 1.5"),

@@ -19,7 +19,8 @@ def test_uris_are_resolved_once_against_the_launch_directory(tmp_path):
     assert resolve_uri("team.db", tmp_path) == f"sqlite:///{tmp_path.resolve() / 'team.db'}"
     assert resolve_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     assert ui_command("http://h:1") == "open http://h:1"
-    assert ui_command("sqlite:////a/m.db").startswith("mlflow ui --backend-store-uri sqlite:////a/m.db")
+    assert ui_command("sqlite:////a/m.db") == ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri "
+                                               "sqlite:////a/m.db --host 127.0.0.1 --port 5000 --workers 1")
 
 
 def test_a_missing_store_and_a_dead_server_are_refused_by_name(tmp_path):

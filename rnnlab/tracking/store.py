@@ -57,10 +57,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def ui_command(uri: str) -> str:
-    """The exact command that shows this store in the MLflow UI."""
+    """The exact command that shows this store in the MLflow UI: one worker process, and (in a POSIX shell)
+    without MLflow's job runner, which serves its GenAI features (LLM judges, prompt optimisation) with
+    eight processes of its own. On a 2-core machine this UI answers in 13 s with 2 processes and 0.5 GB,
+    against 30 s, 15 processes and 2.5 GB with ``mlflow ui``'s defaults, 4 workers and the job runner
+    (``experiments/benchmarks/ui_start.py``)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    lean = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false " if os.name == "posix" else ""
+    return f"{lean}mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 --workers 1"
 
 
 def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
