@@ -1,7 +1,7 @@
 """Training throughput of rnnlab against PyTorch on the CPU, side by side in one run.
 
     python experiments/benchmarks/bench.py                 # the full grid → results.json, results.md
-    python experiments/benchmarks/bench.py --quick         # three points, for a smoke test
+    python experiments/benchmarks/bench.py --quick         # three points, for a smoke test (printed only)
 
 Both frameworks train the same model on the same batches: one-hot input → cell → linear output →
 masked softmax cross-entropy, Adam, global-norm clip 5, 2 threads. A batch is B names of the built-in
@@ -364,7 +364,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="three points only")
     ap.add_argument("--points", help="only these points, e.g. lstm:256:32,gru:64:128 (float32)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--out", help="the results' JSON file, and beside it the table (.md); default: results.json "
+                    "beside this script for the full grid, nothing for chosen points (--quick, --points: printed "
+                    "only, so that a smoke test does not overwrite the grid's results)")
     args = ap.parse_args()
     if args.worker:
         fw, cell, H, B, dtype, steps = args.worker
@@ -397,7 +399,7 @@ def main():
                "threads": int(THREADS),
                "machine": machine()}
     print(json.dumps(summary, indent=1))
-    Path(args.out).write_text(json.dumps({"summary": summary, "points": rows}, indent=1))
+    out = args.out or (None if args.quick or args.points else str(HERE / "results.json"))
     table = [("| cell | H | B | dtype | rnnlab chars/s | PyTorch chars/s | ratio | of bound | products alone: "
               "ratio | RSS rnnlab / torch (MiB) |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -406,7 +408,9 @@ def main():
                      f"{r['rnnlab_chars_per_sec']:,.0f} | {r['torch_chars_per_sec']:,.0f} | {r['ratio']:.2f} | "
                      f"{r['rnnlab_of_bound']:.0%} | {r['products_only_ratio']:.2f} | "
                      f"{r['rnnlab_peak_rss_mib']:.0f} / {r['torch_peak_rss_mib']:.0f} |")
-    Path(args.out).with_suffix(".md").write_text("\n".join(table) + "\n")
+    if out:
+        Path(out).write_text(json.dumps({"summary": summary, "points": rows}, indent=1))
+        Path(out).with_suffix(".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 
 
