@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,23 @@ def shared_mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def seeded(tmp_path_factory):
+    """``seeded(folder, name="mlflow.db")`` → ``folder``, now holding an empty MLflow store ``name`` as rnnlab
+    creates one (``ensure_sqlite_store``), copied from one made once per test process. MLflow's migrations
+    make a new store cost ~3 s on an idle 2-core machine and 5–11 s while the parallel suite runs. For tests
+    whose subject is not a new store: the fault test (whose signals may fall in a store's creation), the README's
+    commands and the parallel launchers' sweeps start without one."""
+    from rnnlab.tracking.store import ensure_sqlite_store
+    template = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    ensure_sqlite_store(template)
+
+    def seed(folder, name="mlflow.db"):
+        shutil.copyfile(template, Path(folder) / name)
+        return folder
+    return seed
 
 
 CHROMIUM = "/usr/bin/chromium"   # Debian's Chromium, which .ci/run installs

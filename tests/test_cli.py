@@ -33,9 +33,9 @@ def run_dir(cwd: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    """One tracked run into a fresh store in a fresh directory."""
-    cwd = tmp_path_factory.mktemp("tracked")
+def tracked(tmp_path_factory, seeded):
+    """One tracked run into a new (empty) store in a fresh directory."""
+    cwd = seeded(tmp_path_factory.mktemp("tracked"))
     out = cli(["cell=lstm", "lr=0.01", *FAST, "data.test_fraction=0.1", "cell.dropout=0.1",
                "cell.embedding_size=8", "optimizer.weight_decay=0.01", "report_samples=50"], cwd)
     assert out.returncode == 0, out.stderr
@@ -185,8 +185,8 @@ def test_resume_is_bit_for_bit(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_from_mlflow_run_id(tmp_path):
-    first = cli(["cell=rnn", *FAST, "steps=20"], tmp_path)
+def test_resume_from_mlflow_run_id(tmp_path, seeded):
+    first = cli(["cell=rnn", *FAST, "steps=20"], seeded(tmp_path))
     assert first.returncode == 0, first.stderr
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -294,8 +294,9 @@ IMPORTS_MLFLOW = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("args, imported", [(["--help"], False), (["tracking=none", *FAST], False),
                                             ([*FAST], True)])
-def test_mlflow_is_imported_only_when_tracking(tmp_path, args, imported):
-    out = subprocess.run([sys.executable, "-c", IMPORTS_MLFLOW, *args], cwd=tmp_path, env=env(),
+def test_mlflow_is_imported_only_when_tracking(tmp_path, seeded, args, imported):
+    out = subprocess.run([sys.executable, "-c", IMPORTS_MLFLOW, *args], cwd=seeded(tmp_path) if imported else tmp_path,
+                         env=env(),
                          capture_output=True, text=True, timeout=300)
     assert f"MLFLOW_IMPORTED={imported}" in out.stderr, out.stderr
 

@@ -381,9 +381,9 @@ def test_gradient_flow_preset_composes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tracked_run_logs_its_learning_curve_sample_tables_and_gradient_flow(tmp_path):
+def test_a_tracked_run_logs_its_learning_curve_sample_tables_and_gradient_flow(tmp_path, seeded):
     out = cli(["cell=gru", "steps=30", "eval_every=10", "sample_every=15", "num_samples=3", "report_samples=7",
-               "log_every=10", "cell.hidden_size=16", "gradient_flow_every=20"], tmp_path)
+               "log_every=10", "cell.hidden_size=16", "gradient_flow_every=20"], seeded(tmp_path))
     assert out.returncode == 0, out.stderr
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -138,8 +138,10 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("key", ["checkpoint", "run", "which", "n", "prime", "seed", "max_len", "sampler",
                                  "sampler.temperature", "tracking.uri", "cell"])
-def test_generate_options_with_bad_values(key, checkpoint, monkeypatch, tmp_path):
+def test_generate_options_with_bad_values(key, checkpoint, monkeypatch, tmp_path, seeded):
     from rnnlab.generate import main
+    if key == "run":       # its bad run ids are looked up in the store
+        seeded(tmp_path, "g.db")
     for value in VALUES:
         base = [] if key in ("checkpoint", "run") else [f"checkpoint={checkpoint}"]
         case = f"python -m rnnlab.generate {key}={value}"

@@ -94,9 +94,9 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_stops_with_the_step_and_marks_the_run_failed(tmp_path):
+def test_nan_stops_with_the_step_and_marks_the_run_failed(tmp_path, seeded):
     good = cli(["cell=rnn", "cell.hidden_size=16", "steps=20", "eval_every=10", "checkpoint_every=10",
-                "optimizer=sgd", "lr=0.05"], tmp_path)
+                "optimizer=sgd", "lr=0.05"], seeded(tmp_path))
     assert good.returncode == 0, good.stderr
     good_path = run_dir(tmp_path) / "checkpoints" / "last.npz"
     before = good_path.read_bytes()
@@ -117,9 +117,9 @@ def test_nan_stops_with_the_step_and_marks_the_run_failed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverged_trial_does_not_stop_the_sweep(tmp_path):
+def test_a_diverged_trial_does_not_stop_the_sweep(tmp_path, seeded):
     out = cli(["-m", "cell=rnn", "cell.hidden_size=16", "steps=20", "eval_every=10", "optimizer=sgd",
-               "clip=none", "lr=1e300,0.1"], tmp_path)
+               "clip=none", "lr=1e300,0.1"], seeded(tmp_path))
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     assert "this trial reports val_nll=1e+06 to the sweep" in text
@@ -135,7 +135,7 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_generate_refuses_bad_checkpoints(tmp_path):
+def test_generate_refuses_bad_checkpoints(tmp_path, seeded):
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"PK\x03\x04 this is not a zip")
     out = cli([f"checkpoint={corrupt}"], tmp_path, module="rnnlab.generate")
@@ -153,7 +153,7 @@ def test_generate_refuses_bad_checkpoints(tmp_path):
     np.savez(foreign, w=np.zeros(3))
     out = cli([f"checkpoint={foreign}"], tmp_path, module="rnnlab.generate")
     assert out.returncode == 2 and "is not an rnnlab checkpoint" in out.stderr
-    out = cli(["run=0123456789abcdef", "tracking.uri=sqlite:///x.db"], tmp_path, module="rnnlab.generate")
+    out = cli(["run=0123456789abcdef", "tracking.uri=sqlite:///x.db"], seeded(tmp_path, "x.db"), module="rnnlab.generate")
     assert out.returncode == 2 and "no MLflow run with id '0123456789abcdef'" in out.stderr
     out = cli([], tmp_path, module="rnnlab.generate")
     assert out.returncode == 2 and "give exactly one of checkpoint=<path> or run=<MLflow run id>" in out.stderr
@@ -280,9 +280,9 @@ def test_tracking_to_a_real_server(tmp_path, shared_mlflow_server):
 
 
 @pytest.mark.slow
-def test_signal_marks_the_mlflow_run_killed(tmp_path):
+def test_signal_marks_the_mlflow_run_killed(tmp_path, seeded):
     args = [a for a in SLOW_RUN if a != "tracking=none"] + ["steps=2000", "checkpoint_every=1000"]
-    proc = start(args, tmp_path)
+    proc = start(args, seeded(tmp_path))
     wait_for(proc, "step 20/2000")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
@@ -328,8 +328,8 @@ def test_a_run_never_overwrites_another_runs_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_stopped_by_a_refused_trial_closes_its_parent_run(tmp_path):
-    out = cli(["-m", "cell=rnn", "steps=5", "eval_every=5", "cell.hidden_size=8,0"], tmp_path)
+def test_a_sweep_stopped_by_a_refused_trial_closes_its_parent_run(tmp_path, seeded):
+    out = cli(["-m", "cell=rnn", "steps=5", "eval_every=5", "cell.hidden_size=8,0"], seeded(tmp_path))
     assert out.returncode == 2 and "cell.hidden_size must be an integer >= 1, got 0" in out.stderr
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -341,11 +341,11 @@ def test_a_sweep_stopped_by_a_refused_trial_closes_its_parent_run(tmp_path):
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
-def test_compare_shows_a_run_whose_process_is_gone_as_stale(tmp_path, capsys, monkeypatch):
+def test_compare_shows_a_run_whose_process_is_gone_as_stale(tmp_path, seeded, capsys, monkeypatch):
     import socket
     from rnnlab.compare import main
     from rnnlab.tracking import connect
-    client, uri = connect(f"sqlite:///{tmp_path / 'm.db'}")
+    client, uri = connect(f"sqlite:///{seeded(tmp_path, 'm.db') / 'm.db'}")
     exp = client.create_experiment("e")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs

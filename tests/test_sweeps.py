@@ -51,8 +51,8 @@ def check_sweep(client, n_trials, steps=30, experiment="rnnlab"):
 
 
 @pytest.mark.slow
-def test_multirun_nests_trials_under_one_parent(tmp_path):
-    out = cli(["-m", "cell=rnn,gru", "lr=0.003,0.01", *SMALL], tmp_path)
+def test_multirun_nests_trials_under_one_parent(tmp_path, seeded):
+    out = cli(["-m", "cell=rnn,gru", "lr=0.003,0.01", *SMALL], seeded(tmp_path))
     assert out.returncode == 0, out.stderr
     parent, trials = check_sweep(store(tmp_path), 4)
     text = out.stdout + out.stderr
@@ -106,11 +106,11 @@ def test_parallel_joblib_sweep_loses_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_preset_survives_a_diverged_trial(tmp_path):
+def test_optuna_preset_survives_a_diverged_trial(tmp_path, seeded):
     require_module("hydra_plugins.hydra_optuna_sweeper", "the `sweep` extra (Optuna sweeper)")
     # the preset, with a budget of 4 trials and a search space where one learning rate explodes
     out = cli(["experiment=optuna", "hydra.sweeper.n_trials=4", "optimizer=sgd",
-               "hydra.sweeper.params.lr='choice(1e300,0.3)'", *SMALL], tmp_path)
+               "hydra.sweeper.params.lr='choice(1e300,0.3)'", *SMALL], seeded(tmp_path))
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     client = store(tmp_path)
