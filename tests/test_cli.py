@@ -295,8 +295,8 @@ IMPORTS_MLFLOW = textwrap.dedent("""
 @pytest.mark.parametrize("args, imported", [(["--help"], False), (["tracking=none", *FAST], False),
                                             ([*FAST], True)])
 def test_mlflow_is_imported_only_when_tracking(tmp_path, seeded, args, imported):
-    out = subprocess.run([sys.executable, "-c", IMPORTS_MLFLOW, *args], cwd=seeded(tmp_path) if imported else tmp_path,
-                         env=env(),
+    cwd = seeded(tmp_path) if imported else tmp_path     # a tracked run: into an existing store
+    out = subprocess.run([sys.executable, "-c", IMPORTS_MLFLOW, *args], cwd=cwd, env=env(),
                          capture_output=True, text=True, timeout=300)
     assert f"MLFLOW_IMPORTED={imported}" in out.stderr, out.stderr
 
