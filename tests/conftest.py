@@ -64,20 +64,21 @@ class MlflowServer:
     machine), which the other tests of the parallel suite wait for."""
 
     def __init__(self, root):
-        import os
         import subprocess
         import sys
         import time
         import urllib.request
+
+        from rnnlab.tracking.store import UI_ARGS, UI_ENV
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-             "--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"],
+             "--artifacts-destination", str(root / "server-artifacts"), *UI_ARGS],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            env={**os.environ, **UI_ENV})
         deadline = time.time() + 90
         while time.time() < deadline:
             try:

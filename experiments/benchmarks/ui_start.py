@@ -24,8 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-VARIANTS = {"defaults": ([], {}), "one worker": (["--workers", "1"], {}),
-            "printed": (["--workers", "1"], {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})}
+from rnnlab.tracking.store import UI_ARGS, UI_ENV     # what the printed command adds to `mlflow ui`
+
+VARIANTS = {"defaults": ([], {}), "one worker": (["--workers", "1"], {}), "printed": (list(UI_ARGS), UI_ENV)}
 
 
 def session_usage(sid: int) -> tuple[int, float, float]:

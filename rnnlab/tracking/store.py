@@ -21,6 +21,8 @@ from pathlib import Path
 from ..config import ConfigError
 
 CREATE_TIMEOUT = 300.0   # seconds a process waits for another one creating the same store
+UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}   # an MLflow UI or server without the job runner
+UI_ARGS = ("--workers", "1")                                # … and with one worker process (see ``ui_command``)
 
 
 def resolve_uri(uri: str | None, launch_dir: str | os.PathLike | None = None) -> str:
@@ -64,8 +66,8 @@ def ui_command(uri: str) -> str:
     (``experiments/benchmarks/ui_start.py``)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    lean = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false " if os.name == "posix" else ""
-    return f"{lean}mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 --workers 1"
+    lean = "".join(f"{k}={v} " for k, v in UI_ENV.items()) if os.name == "posix" else ""
+    return f"{lean}mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 {' '.join(UI_ARGS)}"
 
 
 def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
