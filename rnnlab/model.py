@@ -354,7 +354,7 @@ class CharLM:
             final, dstate0 = [lay.unsort(final)], None
         elif len(shards) == 1:
             total, grads, final, dstate0 = self._grads(used, x, y, Layout(mask, T, B), state0, dstate, units,
-                                                       scale, n)
+                                                       scale, n, state_grad=return_dstate0)
         else:
             lay = Layout(mask, T, B)
             columns = [lay.order[positions] for positions in _interleaved(len(shards), B)]
@@ -364,13 +364,14 @@ class CharLM:
                                    Layout(None if mask is None else mask[:, cols], T, len(cols)),
                                    _rows(state0, cols), _rows(dstate, cols),
                                    None if units is None else [d if d is None else d[:, cols] for d in units],
-                                   scale, n)
+                                   scale, n, state_grad=return_dstate0)
             with one_blas_thread():
                 parts = list(pool(len(shards)).map(shard, columns))
             total, grads = sum(p[0] for p in parts), parts[0][1]
             for _, g, _, _ in parts[1:]:
                 grads.flat += g.flat
-            final, dstate0 = (_gather_rows([p[i] for p in parts], columns) for i in (2, 3))
+            final = _gather_rows([p[2] for p in parts], columns)
+            dstate0 = _gather_rows([p[3] for p in parts], columns) if return_dstate0 else None
         self._masked_grads(grads, drop)
         loss = total / n
         return (loss, grads, final, dstate0) if return_dstate0 else (loss, grads, final)
@@ -430,10 +431,10 @@ class CharLM:
         edges = [round(i * batch / k) for i in range(k + 1)]
         return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
-    def _grads(self, params, x, y, lay, state0, dstate, units, scale, n):
+    def _grads(self, params, x, y, lay, state0, dstate, units, scale, n, state_grad=False):
         """One forward and backward pass: (summed loss in nats, gradients of summed loss / scale +
         penalties (normalised by the whole batch's ``n`` characters), final state, gradient of the
-        initial state)."""
+        initial state per layer — computed when ``state_grad``, else None)."""
         (logits, final), (caches, top, units, ids, raw, lay) = self._forward(params, x, lay, state0, units)
         y = lay.pack(y)
         total, dlogits = output_gradient(logits, y, scale, self.dtype)
@@ -452,7 +453,7 @@ class CharLM:
                 dhs += draw
             out = {name: grads[f"l{k}.{name}"] for name in self.layer_params(params, k)}
             _, (dx, ds0) = self.cell.backward_packed(dhs, caches[k], lay.sort(None if dstate is None else dstate[k]),
-                                                     out=out)
+                                                     out=out, state_grad=state_grad)
             dstate0[k] = lay.unsort(ds0)
             dhs = dx
         if self.embedding_size:

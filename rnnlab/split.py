@@ -431,7 +431,7 @@ class UnitSplit:
             np.sum(dlogits, axis=1, out=grads["by"])
         dhs = np.matmul(dlogits.T, Wy[own].T)
         total = float(losses.sum())
-        lm.cell.backward_packed(dhs, cache, None, out=out)
+        lm.cell.backward_packed(dhs, cache, None, out=out, state_grad=False)
         for name in cell:
             units_of(grads[f"l0.{name}"], G[name], own)[...] = units_of(out[name], G[name], slice(None))
         share.sync()                                   # both have written their gradients

@@ -5,6 +5,7 @@ gradient checks with empty and one-step sequences in a stacked model, and the fl
 import numpy as np
 import pytest
 
+from rnnlab.cells import gru, lstm, rnn
 from rnnlab.cells.base import Layout, Packing
 from rnnlab.clipping import NormClip, ValueClip, global_norm
 from rnnlab.flat import FlatParams
@@ -119,6 +120,34 @@ def test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_a
     loss, grads, _ = lm.loss_and_grads(params, x, y, mask, state0, drop=drop)
     errors = gradcheck(lambda: lm.loss(params, x, y, mask, state0, drop)[0], params, grads)
     assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("lengths", [[1, 5, 0, 3, 5], [1, 1, 0, 1, 1]], ids=["varied", "one-step"])
+def test_from_a_zero_state_the_first_steps_products_are_skipped_for_the_same_gradients(cell, lengths, rng,
+                                                                                     monkeypatch):
+    """A batch that starts from zeros (names) skips the first step's h_0 Wh and its rows of dWh
+    (``base.zero_start``) and, unless the initial state's gradient is asked for, the first step's product
+    with Whᵀ (``state_grad``). Finite differences agree with its gradients, and so does the full
+    computation (the skips turned off), which also gives the initial state's gradient; with one-step
+    sequences only, no row takes part in dWh."""
+    lm = _model(cell)
+    params = _perturbed(lm, rng)
+    T, B = 5, 5
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = (np.arange(T)[:, None] < np.array(lengths)).astype(float)
+    loss, grads, _ = lm.loss_and_grads(params, x, y, mask)
+    errors = gradcheck(lambda: lm.loss(params, x, y, mask)[0], params, grads)
+    assert max(errors.values()) < 1e-6, errors
+    for module in (rnn, lstm, gru):
+        monkeypatch.setattr(module, "zero_start", lambda hs, B: False)
+    full_loss, full, _, dstate0 = lm.loss_and_grads(params, x, y, mask, return_dstate0=True)
+    assert full_loss == loss
+    for k in grads:
+        np.testing.assert_allclose(grads[k], full[k], rtol=1e-12, atol=1e-15, err_msg=k)
+    assert all(a.shape == (B, H) and np.isfinite(a).all() for layer in dstate0 for a in layer)
+    if max(lengths) == 1:
+        assert not grads["l0.Wh"].any() and not grads["l1.Wh"].any()
 
 
 def test_parameters_and_gradients_are_views_into_one_buffer(rng):

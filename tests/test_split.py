@@ -84,23 +84,26 @@ def _assert_same_batch(one, two, params, x, y, mask, state0):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("carried", [True, False], ids=["carried", "zeros"])
 @BACKWARD_FORMS
-def test_gradcheck_of_the_split_path(cell, rows_max_h, rng, monkeypatch):
-    """Finite differences of the loss against the gradients the two processes compute."""
+def test_gradcheck_of_the_split_path(cell, carried, rows_max_h, rng, monkeypatch):
+    """Finite differences of the loss against the gradients the two processes compute, from a carried
+    state and from zeros (where both skip the first step's products: ``cells.base.zero_start``)."""
     monkeypatch.setattr(split, "ROWS_MAX_H", rows_max_h)
-    two, errors = _gradcheck_of_two_processes(cell, rng)
+    two, errors = _gradcheck_of_two_processes(cell, rng, carried)
     assert max(errors.values()) < 1e-6, errors
     assert two._split.theirs is None                    # (split by units)
 
 
-def _gradcheck_of_two_processes(cell, rng):
-    """(the model, gradcheck's errors) of a model with threads=2 on a batch with a carried state."""
+def _gradcheck_of_two_processes(cell, rng, carried=True):
+    """(the model, gradcheck's errors) of a model with threads=2 on a batch with a carried state (or from
+    zeros)."""
     _, two = _pair(cell)
     params = two.init_params(rng)
     for name in params:
         params[name] += rng.normal(0, 0.3, params[name].shape)
     x, y, mask = _batch(rng)
-    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(two.cell.state_size))]
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(two.cell.state_size))] if carried else None
     _, grads, _ = two.loss_and_grads(params, x, y, mask, state0)
     grads = {k: v.copy() for k, v in grads.items()}     # (the split's buffer is reused by the next call)
     return two, gradcheck(lambda: two.loss(params, x, y, mask, state0)[0], params, grads)
@@ -382,10 +385,10 @@ def _fail_in_child(monkeypatch, error):
     """Make the child's half of a batch end its process while ``error[0]`` is set."""
     grads, parent = CharLM._grads, os.getpid()
 
-    def failing(self, *args):
+    def failing(self, *args, **kwargs):
         if os.getpid() != parent and error[0]:
             os._exit(3)
-        return grads(self, *args)
+        return grads(self, *args, **kwargs)
     monkeypatch.setattr(CharLM, "_grads", failing)
 
 

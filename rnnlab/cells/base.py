@@ -56,9 +56,15 @@ class Packing:
     def full_batch(cls, T: int, B: int) -> "Packing":
         return cls(np.full(B, T))
 
-    def previous(self, states):
-        """The state each packed row started from: ``states`` (B + N, H) → (N, H) (a view when full)."""
-        return states[:self.N] if self.full else np.take(states, self.prev, axis=0)
+    def previous(self, states, start: int = 0):
+        """The state each packed row from ``start`` on started from: ``states`` (B + N, H) → (N - start, H)
+        (a view when full)."""
+        return states[start:self.N] if self.full else np.take(states, self.prev[start:], axis=0)
+
+    def first_rows(self, zero_start: bool) -> int:
+        """The first row whose previous state takes part in a weight gradient: after the first step's rows
+        when the initial states are zeros (see ``zero_start``), else 0."""
+        return self.steps[0][1] if zero_start and self.steps else 0
 
 
 class Layout:
@@ -352,6 +358,13 @@ def states(state0, rows: int, H: int, dtype):
     for a, s0 in zip(arrays, state0):
         a[:len(s0)] = s0
     return (*arrays, slice(None))
+
+
+def zero_start(hs, B: int) -> bool:
+    """Whether the initial h of a batch (the first B rows of its state array ``hs``) is all zeros, as for
+    names, which start afresh: the first step's recurrent product h_0 Wh is then zero and skipped, and the
+    first step's rows take no part in dWh = Σ h_{t-1}ᵀ dz_t (a 1/length share of each product, ~8 % for names)."""
+    return not hs[:B].any()
 
 
 def final_states(arrays, pk: Packing):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
-                   project_step, RecurrentBackward, RecurrentForward, activate, sigmoid, states)
+                   project_step, RecurrentBackward, RecurrentForward, activate, sigmoid, states, zero_start)
 
 
 @CELLS.register("gru")
@@ -40,6 +40,7 @@ class GRU(Cell):
         r_, u, cand = z
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, dt)
+        zero0 = zero_start(hs, B)                # then the first step has no recurrent term: h_0 Wh = 0
         hn = np.empty((pk.N, H), dt)            # h Wh_n + bh, needed by the backward pass
         recurrent = (share.recurrent(params["Wh"], 3, pk) if share           # h_{t-1} Wh, (3, n, H)
                      else RecurrentForward(params["Wh"], 3, B))
@@ -50,7 +51,7 @@ class GRU(Cell):
         with np.errstate(over="ignore"):
             for s, n in pk.steps:
                 h, r, e = hs[p:p + n, own], B + s, s + n
-                hw = recurrent(hs[p:p + n])
+                hw = np.zeros((3, n, H), dt) if s == 0 and zero0 else recurrent(hs[p:p + n])
                 ru = z[:2, s:e]
                 np.subtract(ru, hw[:2], out=ru)  # -(x Wx + b + h Wh) for r and u
                 activate(ru, ones, 2)            # one exp for both gates
@@ -66,21 +67,22 @@ class GRU(Cell):
                 if share:
                     recurrent.written(hs[r:r + n])   # for the other process's next step
                 p = r
-        cache = (x, z, hs, hn, params, pk, own, share)
+        cache = (x, z, hs, hn, params, pk, own, share, zero0)
         return (hs[B:], final_states((hs,), pk)), cache
 
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h and the gates r, u, n."""
-        x, z, hs, hn, params, pk, own, share = cache
+        x, z, hs, hn, params, pk, own, share, zero0 = cache
         return {"h": hs[pk.B:], **dict(zip("run", z))}
 
-    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None, state_grad=True):
         """dhs: (N, H); dstate: (dh,) of the final state or None; out: None or a dict receiving the
-        gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t.
+        gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t; state_grad:
+        whether to compute the gradient of the initial state (see ``LSTM.backward_packed``).
 
-        Returns (grads {"Wx", "Wh", "b", "bh"}, (dx (N, D) or None, (dh0,))).
+        Returns (grads {"Wx", "Wh", "b", "bh"}, (dx (N, D) or None, (dh0,) or None)).
         """
-        x, z, hs, hn, params, pk, own, share = cache
+        x, z, hs, hn, params, pk, own, share, zero0 = cache
         B, dt = pk.B, z.dtype
         H = hn.shape[1]
         r, u, n_ = z
@@ -117,14 +119,16 @@ class GRU(Cell):
             d[0] *= d[2]                                  # dr = dn * hn r (1 - r)
             dw[:2] = d[:2]
             np.multiply(d[2], r[s:e], out=dw[2])
-            back(dhw[s:e], dh_next[:n])
-            np.multiply(dht, u[s:e], out=direct[:n])      # + the direct path u * dh
-            dh_next[:n] += direct[:n]
+            if s or state_grad:
+                back(dhw[s:e], dh_next[:n])
+                np.multiply(dht, u[s:e], out=direct[:n])  # + the direct path u * dh
+                dh_next[:n] += direct[:n]
             dh, dh_next = dh_next, dh
         dbh = np.matmul(np.ones(pk.N, dt), dhw[:, 2 * H:], out=grad_buffer(out, "bh", (H,), dt))  # a column sum
-        dWh = np.matmul(hprev.T, dhw, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
+        first = pk.first_rows(zero0)
+        dWh = np.matmul(hprev[first:].T, dhw[first:], out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
         dWx, db, dx = project_inputs_backward(x, dxp, params["Wx"], out)
-        return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,))
+        return {"Wx": dWx, "Wh": dWh, "b": db, "bh": dbh}, (dx, (dh,) if state_grad else None)
 
     def step(self, x_t, state, params):
         """One step for sampling: x_t (B,) ids or (B, D); state (h,). Returns (h,)."""

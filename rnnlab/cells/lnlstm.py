@@ -163,9 +163,11 @@ class LNLSTM(Cell):
         """The values of a forward pass at every packed row, each (N, H): h, c, the gates i, f, o, g."""
         return {"h": cache.hs[cache.pk.B:], "c": cache.cs[cache.pk.B:], **dict(zip("ifog", cache.z))}
 
-    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None, state_grad=True):
         """dhs: (N, H); dstate: (dh, dc) of the final state, each (B, H), or None; out: None or a dict
-        receiving the gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t.
+        receiving the gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t;
+        state_grad: accepted for the common interface (``LSTM.backward_packed``); the gradient of the
+        initial state is computed either way.
 
         Returns (grads {"Wx", "Wh", "b", "gx", "gh", "gc", "bc"}, (dx (N, D) or None, (dh0, dc0))).
         """

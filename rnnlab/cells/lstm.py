@@ -15,7 +15,7 @@ import numpy as np
 
 from ..registry import CELLS
 from .base import (Cell, as_gates, final_states, grad_buffer, project_inputs, project_inputs_backward,
-                   project_step, RecurrentBackward, RecurrentForward, activate, sigmoid, states)
+                   project_step, RecurrentBackward, RecurrentForward, activate, sigmoid, states, zero_start)
 
 
 @CELLS.register("lstm")
@@ -55,6 +55,7 @@ class LSTM(Cell):
         i, f, o, g = z
         B, dt, H = pk.B, z.dtype, z.shape[2]
         hs, cs, own = share.states(B + pk.N, 2) if share else states(state0, B + pk.N, H, dt)
+        zero0 = zero_start(hs, B)                # then the first step has no recurrent term
         tanh_c = np.empty((pk.N, H), dt)
         scales, numerators = self.gate_scales(dt)
         Wh, folded = params["Wh"], len(params["Wh"]) <= self.FOLD_MAX_H
@@ -67,7 +68,8 @@ class LSTM(Cell):
         with np.errstate(over="ignore"):         # for ``activate``
             for s, n in pk.steps:
                 zt, r, e = z[:, s:s + n], B + s, s + n
-                zt += recurrent(hs[p:p + n])
+                if s or not zero0:
+                    zt += recurrent(hs[p:p + n])
                 if not folded:
                     zt *= scales
                 activate(zt, numerators, 3)
@@ -80,21 +82,23 @@ class LSTM(Cell):
                 if share:
                     recurrent.written(hs[r:r + n])   # for the other process's next step
                 p = r
-        cache = (x, z, hs, cs, tanh_c, params, pk, own, share)
+        cache = (x, z, hs, cs, tanh_c, params, pk, own, share, zero0)
         return (hs[B:], final_states((hs, cs), pk)), cache
 
     def internals_packed(self, cache):
         """The values of a forward pass at every packed row, each (N, H): h, c, the gates i, f, o, g."""
-        x, z, hs, cs, tanh_c, params, pk, own, share = cache
+        x, z, hs, cs, tanh_c, params, pk, own, share, zero0 = cache
         return {"h": hs[pk.B:], "c": cs[pk.B:], **dict(zip("ifog", z))}
 
-    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None, state_grad=True):
         """dhs: (N, H); dstate: (dh, dc) of the final state, each (B, H), or None; out: None or a dict
-        receiving the gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t.
+        receiving the gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t;
+        state_grad: whether to compute the gradient of the initial state (the first step's product with
+        Whᵀ), which training without carried state discards.
 
-        Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0, dc0))).
+        Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0, dc0) or None)).
         """
-        x, z, hs, cs, tanh_c, params, pk, own, share = cache
+        x, z, hs, cs, tanh_c, params, pk, own, share, zero0 = cache
         B, dt = pk.B, z.dtype
         H = tanh_c.shape[1]
         i, f, o, g = z
@@ -131,12 +135,14 @@ class LSTM(Cell):
             np.multiply(Q[:2], dct[:n], out=dzt[:2])           # i, f
             np.multiply(Q[2], dht, out=dzt[2])                 # o
             np.multiply(Q[3], dct[:n], out=dzt[3])             # g
-            np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
-            back(dz[s:e], dh_next[:n])                         # gradient reaching h_{t-1}
+            if s or state_grad:
+                np.multiply(dct[:n], f[s:e], out=dc[:n])       # gradient reaching c_{t-1}
+                back(dz[s:e], dh_next[:n])                     # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
-        dWh = np.matmul(pk.previous(hs).T, dz, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
+        first = pk.first_rows(zero0)
+        dWh = np.matmul(pk.previous(hs, first).T, dz[first:], out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
-        return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc))
+        return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh, dc) if state_grad else None)
 
     def step(self, x_t, state, params):
         """One step for sampling: x_t (B,) ids or (B, D); state (h, c). Returns (h, c)."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step, states
+from .base import (Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step, states,
+                   zero_start)
 
 
 @CELLS.register("rnn")
@@ -25,11 +26,14 @@ class RNN(Cell):
         B, H = pk.B, Wh.shape[0]
         hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, xp.dtype)
         recurrent = share.recurrent(Wh, 1, pk) if share else None
+        zero0 = zero_start(hs, B)                # then the first step has no recurrent term
         p = 0
         for o, n in pk.steps:
             r = B + o
             h = hs[r:r + n, own]
-            if share:
+            if o == 0 and zero0:
+                np.copyto(h, xp[:n])
+            elif share:
                 np.add(recurrent(hs[p:p + n])[0], xp[o:o + n], out=h)
             else:
                 np.matmul(hs[p:p + n], Wh, out=h)
@@ -38,7 +42,7 @@ class RNN(Cell):
             if share:
                 recurrent.written(hs[r:r + n])   # for the other process's next step
             p = r
-        cache = (x, hs, params, pk, own, share)
+        cache = (x, hs, params, pk, own, share, zero0)
         return (hs[B:], final_states((hs,), pk)), cache
 
     def internals_packed(self, cache):
@@ -46,13 +50,14 @@ class RNN(Cell):
         hs, pk = cache[1], cache[3]
         return {"h": hs[pk.B:]}
 
-    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None):
+    def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None, state_grad=True):
         """dhs: (N, H) gradients of the outputs; dstate: (dh,) of the final state or None; out: None or
-        a dict receiving the gradients; dh_steps: None or (N, H), filled with the gradient reaching h_t.
+        a dict receiving the gradients; dh_steps: None or (N, H), filled with the gradient reaching h_t;
+        state_grad: whether to compute the gradient of the initial state (see ``LSTM.backward_packed``).
 
-        Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0,))).
+        Returns (grads {"Wx", "Wh", "b"}, (dx (N, D) or None, (dh0,) or None)).
         """
-        x, hs, params, pk, own, share = cache
+        x, hs, params, pk, own, share, zero0 = cache
         if share:
             back = share.exchanging(params["Wh"])   # each process has its units' part of it
         else:
@@ -73,12 +78,14 @@ class RNN(Cell):
             if dh_steps is not None:
                 dh_steps[o:o + n] = dht
             d *= dht
-            back(d, dh_next[:n])
+            if o or state_grad:
+                back(d, dh_next[:n])
             dh, dh_next = dh_next, dh
         dWh = grad_buffer(out, "Wh", params["Wh"].shape, hs.dtype)
-        np.matmul(pk.previous(hs).T, dz, out=dWh)
+        first = pk.first_rows(zero0)
+        np.matmul(pk.previous(hs, first).T, dz[first:], out=dWh)
         dWx, db, dx = project_inputs_backward(x, dz, params["Wx"], out)
-        return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh,))
+        return {"Wx": dWx, "Wh": dWh, "b": db}, (dx, (dh,) if state_grad else None)
 
     def step(self, x_t, state, params):
         """One step for sampling: x_t (B,) ids or (B, D); state (h,). Returns the new state (h,)."""
