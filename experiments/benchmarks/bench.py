@@ -182,8 +182,10 @@ def products_only(cell, H, V, dtype, data, repeats, fastest=False):
     """Trained characters per second if the element-wise work were free: the time of the matrix
     products alone that one training step of these batches needs at the packed shapes rnnlab runs
     (per time step t, on the n_t sequences still running: h Wh forward and dz Whᵀ backward; per batch,
-    the weight gradient over all real steps and the output layer's three products), each at its exact
-    shape, on the same BLAS and threads (median of repeats). A ceiling for any NumPy implementation that
+    the weight gradient over the real steps and the output layer's three products), each at its exact
+    shape, on the same BLAS and threads (median of repeats). A batch of names starts from zeros, so the
+    first step's products are skipped, as rnnlab skips them (``cells.base.zero_start``): h_0 Wh = 0, its
+    rows add nothing to the weight gradient, and the gradient of the initial state is not needed. A ceiling for any NumPy implementation that
     does these products without padding. ``fastest``: each batch's per-step products also in the
     transposed layout's forms (Whᵀ hᵀ forward, Wh dzᵀ backward, states as columns), the faster form of
     each pass counted — the ceiling over both layouts."""
@@ -200,11 +202,11 @@ def products_only(cell, H, V, dtype, data, repeats, fastest=False):
     hsT_all, dzT_all = np.ones((H, N_max), dtype), np.ones((G * H, N_max), dtype)
     rec, dh = np.empty((B, G * H), dtype), np.empty((B, H), dtype)
     recT, dhT = np.empty((G * H, B), dtype), np.empty((H, B), dtype)
-    forwards = [lambda n_t: [np.matmul(hs_all[:n], Wh, out=rec[:n]) for n in n_t]]
-    backwards = [lambda n_t: [np.matmul(dz_all[:n], WhT, out=dh[:n]) for n in reversed(n_t)]]
+    forwards = [lambda n_t: [np.matmul(hs_all[:n], Wh, out=rec[:n]) for n in n_t[1:]]]
+    backwards = [lambda n_t: [np.matmul(dz_all[:n], WhT, out=dh[:n]) for n in reversed(n_t[1:])]]
     if fastest:
-        forwards.append(lambda n_t: [np.matmul(WhT, hsT_all[:, :n], out=recT[:, :n]) for n in n_t])
-        backwards.append(lambda n_t: [np.matmul(Wh, dzT_all[:, :n], out=dhT[:, :n]) for n in reversed(n_t)])
+        forwards.append(lambda n_t: [np.matmul(WhT, hsT_all[:, :n], out=recT[:, :n]) for n in n_t[1:]])
+        backwards.append(lambda n_t: [np.matmul(Wh, dzT_all[:, :n], out=dhT[:, :n]) for n in reversed(n_t[1:])])
 
     def clock(f, *args):
         t0 = time.perf_counter()
@@ -219,7 +221,7 @@ def products_only(cell, H, V, dtype, data, repeats, fastest=False):
             total += min(clock(f, n_t) for f in forwards) + min(clock(f, n_t) for f in backwards)
             t0 = time.perf_counter()
             logits = hs @ Wy
-            hs.T @ logits, logits @ Wy.T, hs.T @ dz
+            hs.T @ logits, logits @ Wy.T, hs[n_t[0]:].T @ dz[n_t[0]:]
             total += time.perf_counter() - t0
         rates.append(chars / total)
     return statistics.median(rates)

@@ -23,7 +23,7 @@ per batch
 per step t, on its n_t rows (the recurrence makes these a call per step for any design)
 - the gates' pre-activations: the step's product added to the input's part (one pass over n x G·H),
   or the input folded into the product (one-hot rows appended to h, their weights to Wh), whichever
-  costs less;
+  costs less (from the second step: names start from zeros, so the first has no recurrent term);
 - the gates' activation: one ``tanh`` over n x G·H (a sigmoid as 0.5 + 0.5 tanh(z / 2), with its
   halving and shift counted as free);
 - LSTM: c_t = f c_{t-1} + i g (three passes over n x H), tanh(c_t) and h_t = o tanh(c_t) (one each);
@@ -63,11 +63,12 @@ def floors(cell, H, V, sizes, P, dtype):
     Wh = rng.standard_normal((H, G * H)).astype(dtype)
     h_aug, W_aug = np.ones((B, H + V + 1), dtype), rng.standard_normal((H + V + 1, G * H)).astype(dtype)
 
-    def per_step(op):
-        return bench.seconds_per_batch(lambda s, n: op(n), sizes)
-    add = per_step(lambda n: np.add(z[:n], zz[:n], out=z[:n]))
-    folded = (per_step(lambda n: np.matmul(h_aug[:n], W_aug, out=z[:n]))
-              - per_step(lambda n: np.matmul(h[:n], Wh, out=z[:n])))
+    def per_step(op, steps=sizes):
+        return bench.seconds_per_batch(lambda s, n: op(n), steps)
+    recurrent = [n_t[1:] for n_t in sizes]     # the steps with a recurrent term (names start from zeros)
+    add = per_step(lambda n: np.add(z[:n], zz[:n], out=z[:n]), recurrent)
+    folded = (per_step(lambda n: np.matmul(h_aug[:n], W_aug, out=z[:n]), recurrent)
+              - per_step(lambda n: np.matmul(h[:n], Wh, out=z[:n]), recurrent))
     out["step: input part of the gates"] = max(0.0, min(add, folded))
     out["step: tanh over the gates"] = per_step(lambda n: np.tanh(z[:n], out=z[:n]))
     out["step: gates' gradients (one pass)"] = per_step(lambda n: np.multiply(z[:n], zz[:n], out=zz[:n]))
