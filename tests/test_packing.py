@@ -5,7 +5,7 @@ gradient checks with empty and one-step sequences in a stacked model, and the fl
 import numpy as np
 import pytest
 
-from rnnlab.cells import gru, lstm, rnn
+from rnnlab.cells import gru, lnlstm, lstm, rnn
 from rnnlab.cells.base import Layout, Packing
 from rnnlab.clipping import NormClip, ValueClip, global_norm
 from rnnlab.flat import FlatParams
@@ -122,7 +122,7 @@ def test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_a
     assert max(errors.values()) < 1e-6, errors
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "lnlstm"])
 @pytest.mark.parametrize("lengths", [[1, 5, 0, 3, 5], [1, 1, 0, 1, 1]], ids=["varied", "one-step"])
 def test_from_a_zero_state_the_first_steps_products_are_skipped_for_the_same_gradients(cell, lengths, rng,
                                                                                      monkeypatch):
@@ -139,13 +139,18 @@ def test_from_a_zero_state_the_first_steps_products_are_skipped_for_the_same_gra
     loss, grads, _ = lm.loss_and_grads(params, x, y, mask)
     errors = gradcheck(lambda: lm.loss(params, x, y, mask)[0], params, grads)
     assert max(errors.values()) < 1e-6, errors
-    for module in (rnn, lstm, gru):
+    grads = {k: v.copy() for k, v in grads.items()}
+    _, _, _, skipped_dstate0 = lm.loss_and_grads(params, x, y, mask, return_dstate0=True)
+    for module in (rnn, lstm, gru, lnlstm):
         monkeypatch.setattr(module, "zero_start", lambda hs, B: False)
     full_loss, full, _, dstate0 = lm.loss_and_grads(params, x, y, mask, return_dstate0=True)
     assert full_loss == loss
     for k in grads:
         np.testing.assert_allclose(grads[k], full[k], rtol=1e-12, atol=1e-15, err_msg=k)
-    assert all(a.shape == (B, H) and np.isfinite(a).all() for layer in dstate0 for a in layer)
+    for layer, skipped in zip(dstate0, skipped_dstate0):
+        for a, b in zip(layer, skipped):
+            assert a.shape == (B, H)
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
     if max(lengths) == 1:
         assert not grads["l0.Wh"].any() and not grads["l1.Wh"].any()
 

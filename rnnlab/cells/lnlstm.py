@@ -28,7 +28,7 @@ import numpy as np
 from ..registry import CELLS
 from .lstm import LSTM, factor_workspaces, gate_factors
 from .base import (Cell, Packing, RecurrentBackward, RecurrentForward, as_gates, final_states, gate_major,
-                   grad_buffer, onehot, project_step, sigmoid, activate)
+                   grad_buffer, onehot, project_step, sigmoid, activate, zero_start)
 
 EPS = 1e-5
 
@@ -78,6 +78,7 @@ class LNCache(NamedTuple):
     tc: np.ndarray       # (N, H) tanh(LN(c_t) gc + bc)
     params: dict
     pk: Packing
+    zero0: bool          # the initial h is zeros: the first step has no recurrent term (``base.zero_start``)
 
 
 def _by_gate(a):
@@ -124,7 +125,8 @@ class LNLSTM(Cell):
         hs, cs = np.empty((B + N, H), dt), np.empty((B + N, H), dt)   # initial states, then steps
         hs[:B], cs[:B] = state0
         cache = LNCache(x, z, hs, cs, xn, sx, np.empty((4, N, H), dt), np.empty((4, N, 1), dt),
-                        np.empty((N, H), dt), np.empty((N, 1), dt), np.empty((N, H), dt), params, pk)
+                        np.empty((N, H), dt), np.empty((N, 1), dt), np.empty((N, H), dt), params, pk,
+                        zero_start(hs, B))
         self._forward_steps(cache)
         return (hs[B:], final_states((hs, cs), pk)), cache
 
@@ -142,10 +144,14 @@ class LNLSTM(Cell):
         with np.errstate(over="ignore"):
             for s, n in pk.steps:
                 zt, r, e = z[:, s:s + n], B + s, s + n
-                rec = recurrent(hs[p:p + n])
-                _, sr[:, s:e] = layer_norm(rec, out=rn[:, s:e])
-                np.multiply(rn[:, s:e], gh, out=rec)
-                zt += rec
+                if s == 0 and cache.zero0:           # LN(h_0 Wh) = LN(0) = 0, with s = 1 / sqrt(eps)
+                    rn[:, s:e] = 0
+                    sr[:, s:e] = np.reciprocal(np.sqrt(dt.type(EPS)))
+                else:
+                    rec = recurrent(hs[p:p + n])
+                    _, sr[:, s:e] = layer_norm(rec, out=rn[:, s:e])
+                    np.multiply(rn[:, s:e], gh, out=rec)
+                    zt += rec
                 zt *= scales
                 activate(zt, numerators, 3)
                 c = cs[r:r + n]
@@ -166,17 +172,18 @@ class LNLSTM(Cell):
     def backward_packed(self, dhs, cache, dstate=None, out=None, dh_steps=None, state_grad=True):
         """dhs: (N, H); dstate: (dh, dc) of the final state, each (B, H), or None; out: None or a dict
         receiving the gradients; dh_steps: None or (N, H), filled with the whole gradient reaching h_t;
-        state_grad: accepted for the common interface (``LSTM.backward_packed``); the gradient of the
-        initial state is computed either way.
+        state_grad: whether to compute the gradient of the initial state (see ``LSTM.backward_packed``).
 
-        Returns (grads {"Wx", "Wh", "b", "gx", "gh", "gc", "bc"}, (dx (N, D) or None, (dh0, dc0))).
+        Returns (grads {"Wx", "Wh", "b", "gx", "gh", "gc", "bc"}, (dx (N, D) or None, (dh0, dc0) or None)).
         """
         params, dt = cache.params, cache.z.dtype
         dz, A = self._gate_factors(cache)
         dr = self.workspace("dr", (cache.pk.N, 4 * cache.tc.shape[1]), dt)   # gradient reaching h_{t-1} Wh, in rows
         du = self.workspace("du", cache.tc.shape, dt)   # gradient reaching LN(c_t) gc + bc, (N, H)
-        dstate0 = self._backward_steps(cache, dhs, dstate, dz, A, dr, du, dh_steps)
-        dWh = np.matmul(cache.pk.previous(cache.hs).T, dr, out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
+        dstate0 = self._backward_steps(cache, dhs, dstate, dz, A, dr, du, dh_steps, state_grad)
+        first = cache.pk.first_rows(cache.zero0)
+        dWh = np.matmul(cache.pk.previous(cache.hs, first).T, dr[first:],
+                        out=grad_buffer(out, "Wh", params["Wh"].shape, dt))
         dgh = grad_buffer(out, "gh", params["gh"].shape, dt)
         np.einsum("knh,knh->kh", dz, cache.rn, out=dgh.reshape(4, -1))
         dgc = grad_buffer(out, "gc", params["gc"].shape, dt)
@@ -194,9 +201,10 @@ class LNLSTM(Cell):
         out = factor_workspaces(self, *cache.tc.shape, cache.z.dtype)
         return gate_factors(cache.z, cache.tc, cache.pk.previous(cache.cs), out)
 
-    def _backward_steps(self, cache: LNCache, dhs, dstate, dz, A, dr, du, dh_steps):
+    def _backward_steps(self, cache: LNCache, dhs, dstate, dz, A, dr, du, dh_steps, state_grad):
         """Backpropagation through time: turns the factors in ``dz`` into the gradients of the gates'
-        pre-activations, fills ``dr`` and ``du`` (see ``backward_packed``) and returns (dh0, dc0)."""
+        pre-activations, fills ``dr`` and ``du`` (see ``backward_packed``) and returns (dh0, dc0), or None
+        without ``state_grad``."""
         z, rn, sr, cn, sc, params, pk = cache.z, cache.rn, cache.sr, cache.cn, cache.sc, cache.params, cache.pk
         B, H, dt = pk.B, cn.shape[1], z.dtype
         f, gh, gc = z[1], _by_gate(params["gh"]), params["gc"]
@@ -221,9 +229,10 @@ class LNLSTM(Cell):
             np.multiply(dct[:n], f[s:e], out=dc[:n])           # gradient reaching c_{t-1}
             np.multiply(dzt, gh, out=drt)
             layer_norm_backward(drt, rn[:, s:e], sr[:, s:e], out=drt)
-            back(dr[s:e], dh_next[:n])                         # gradient reaching h_{t-1}
+            if s or state_grad:
+                back(dr[s:e], dh_next[:n])                     # gradient reaching h_{t-1}
             dh, dh_next = dh_next, dh
-        return dh, dc
+        return (dh, dc) if state_grad else None
 
     @staticmethod
     def _input_grads(cache: LNCache, dz, out, grads):
