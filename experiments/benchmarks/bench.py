@@ -185,10 +185,10 @@ def products_only(cell, H, V, dtype, data, repeats, fastest=False):
     the weight gradient over the real steps and the output layer's three products), each at its exact
     shape, on the same BLAS and threads (median of repeats). A batch of names starts from zeros, so the
     first step's products are skipped, as rnnlab skips them (``cells.base.zero_start``): h_0 Wh = 0, its
-    rows add nothing to the weight gradient, and the gradient of the initial state is not needed. A ceiling for any NumPy implementation that
-    does these products without padding. ``fastest``: each batch's per-step products also in the
-    transposed layout's forms (Whᵀ hᵀ forward, Wh dzᵀ backward, states as columns), the faster form of
-    each pass counted — the ceiling over both layouts."""
+    rows add nothing to the weight gradient, and the gradient of the initial state is not needed. A
+    ceiling for any NumPy implementation that does these products without padding. ``fastest``: each
+    batch's per-step products also in the transposed layout's forms (Whᵀ hᵀ forward, Wh dzᵀ backward,
+    states as columns), the faster form of each pass counted — the ceiling over both layouts."""
     rng = np.random.default_rng(0)
     G = GATES[cell]
     Wh, Wy = rng.standard_normal((H, G * H)).astype(dtype), rng.standard_normal((H, V)).astype(dtype)

@@ -61,10 +61,10 @@ class Packing:
         (a view when full)."""
         return states[start:self.N] if self.full else np.take(states, self.prev[start:], axis=0)
 
-    def first_rows(self, zero_start: bool) -> int:
+    def first_rows(self, zero0: bool) -> int:
         """The first row whose previous state takes part in a weight gradient: after the first step's rows
-        when the initial states are zeros (see ``zero_start``), else 0."""
-        return self.steps[0][1] if zero_start and self.steps else 0
+        when the initial states are zeros (``zero0``, from ``zero_start``), else 0."""
+        return self.steps[0][1] if zero0 and self.steps else 0
 
 
 class Layout:
