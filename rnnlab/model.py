@@ -85,11 +85,12 @@ class CharLM:
     # at each step, more calls) exceed what halving the work saves (measured for the three cells:
     # experiments/benchmarks/README.md, sessions 11 and 12).
     MIN_SPLIT_WORK, MIN_SPLIT_PARAMS = 12_000_000, 500_000
-    # Up to this many units, a batch with at least this many gate values (real positions × gates × hidden
-    # size) is split by its sequences instead, the two halves run by two processes with the whole network
-    # each (``split.UnitSplit.halves``): no waits at every step, the elements of every pass halved; the
-    # per-step products' fixed costs paid by both (which is what makes the unit split the faster one for
-    # wider layers). Measured: experiments/benchmarks/README.md, session 14.
+    # Up to this many units (at any width when the units cannot be split: ``halves_pay``), a batch with at
+    # least this many gate values (real positions × gates × hidden size) is split by its sequences instead,
+    # the two halves run by two processes with the whole network each (``split.UnitSplit.halves``): no waits
+    # at every step, the elements of every pass halved; the per-step products' fixed costs paid by both
+    # (which is what makes the unit split the faster one for wider layers). Measured:
+    # experiments/benchmarks/README.md, sessions 14 and 21.
     HALVES_MAX_H, MIN_HALVES_WORK = 128, 50_000
     REGULARISERS = ("dropout", "locked_dropout", "weight_dropout", "embedding_dropout", "ar", "tar")
 
@@ -324,9 +325,10 @@ class CharLM:
         check); neither: no dropout. return_dstate0: also return the gradient of the loss with respect
         to ``state0`` (per layer, like a state), the gradient that full BPTT would pass to the batch before.
 
-        With ``threads >= 2``, a model that ``splits_units`` runs a batch in two processes (``rnnlab.split``):
-        split by its sequences when ``halves_pay``, else by its hidden units when ``split_pays``. Otherwise,
-        with ``threads > 1`` the batch's sequences are split into that many shards of columns (of
+        With ``threads >= 2``, a batch runs in two processes (``rnnlab.split``): split by its sequences when
+        ``halves_pay`` (any model), else by its hidden units when the model ``splits_units`` and
+        ``split_pays``. Otherwise (a gradient passed into the final state or asked of the initial one, or
+        too little work), with ``threads > 1`` the batch's sequences are split into that many shards of columns (of
         alike lengths: every k-th sequence by length), each run forward and backward in its own thread
         (NumPy releases the GIL in its loops, so the element-wise work of the cells, single-threaded in
         NumPy, runs on every core; BLAS gets one thread per shard), and the shards' gradients are summed:
@@ -340,14 +342,14 @@ class CharLM:
         scale = n if self.reduction == "mean" else B   # the gradient is that of (summed loss) / scale
         shards = self.shards(B, int(n))
         used, units = self.masked(params, drop), drop and drop.units
-        two = self.splits_units and units is None and dstate is None and not return_dstate0
+        two = dstate is None and not return_dstate0        # (neither split passes a gradient between batches)
         if two and self.halves_pay(B, n):
             mask = np.ones((T, B), np.int8) if mask is None else mask
             order = np.argsort(-mask_lengths(mask, T, B), kind="stable")   # each half: long and short ones
             columns = [order[positions] for positions in _interleaved(2, B)]
-            total, grads, finals = self._unit_split().halves(used, x, y, mask, columns, state0, scale, n)
+            total, grads, finals = self._unit_split().halves(used, x, y, mask, columns, state0, scale, n, units)
             final, dstate0 = _gather_rows(finals, columns), None
-        elif two and self.split_pays(n):
+        elif two and self.splits_units and units is None and self.split_pays(n):
             lay = Layout(mask, T, B)
             total, grads, final = self._unit_split().loss_and_grads(
                 used, lay.pack(x), lay.pack(y), lay.packing, lay.sort(None if state0 is None else state0[0]), scale)
@@ -395,8 +397,12 @@ class CharLM:
 
     def halves_pay(self, batch: int, positions: float) -> bool:
         """Whether a batch of ``batch`` sequences and ``positions`` real steps in all is split by its sequences
-        between two processes (``split.UnitSplit.halves``) rather than by the hidden units."""
-        return (batch >= 2 and self.hidden_size <= self.HALVES_MAX_H
+        between two processes (``split.UnitSplit.halves``): with ``threads >= 2`` on a platform that can,
+        up to ``HALVES_MAX_H`` units for a model whose units could be split instead (wider, the unit split
+        is the faster), at any width for one whose units cannot (stacked layers, dropout of units,
+        activation regularisation, the layer-normalised LSTM: the presets)."""
+        return (self.threads >= 2 and split.available() and batch >= 2
+                and (self.hidden_size <= self.HALVES_MAX_H or not self.splits_units)
                 and positions * self.cell.gates * self.hidden_size >= self.MIN_HALVES_WORK)
 
     def _unit_split(self) -> "split.UnitSplit":

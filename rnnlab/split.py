@@ -24,7 +24,10 @@ Narrow layers split a batch by its sequences instead (``UnitSplit.halves``, chos
 ``CharLM.halves_pay``): each process runs the whole network — forward, loss, backward — on every other
 sequence of the batch, the child's gradients summed into the parent's. Nothing is exchanged within the
 batch, so where a step's work is mostly per-call costs (up to 128 units), halving its rows without a
-barrier at every step pays more than halving its units with one.
+barrier at every step pays more than halving its units with one. Models whose units cannot be split
+(stacked layers, dropout of units, activation regularisation, the layer-normalised LSTM — the presets)
+split their batches by sequences at any width: the child gets its sequences' states of every layer and
+their dropout masks through shared memory.
 
 The output layer is small (V columns): each process computes the logits, the loss and their gradient at
 half of the positions, shares the gradient (a barrier), and computes its rows of Wy's gradient and its
@@ -438,38 +441,53 @@ class UnitSplit:
         return total, final
 
     # ------------------------------------------------------------------------ or its sequences split
-    def halves(self, params, x, y, mask, columns, state0, scale: float, n: float):
-        """Forward and backward of a padded batch (x, y, mask (T, B); ``state0`` per layer or None) with its
-        sequences split between the two processes — ``columns``: two arrays of column indices, this
-        process's first — each running ``CharLM._grads`` on its columns with the whole network (no step
-        waits for the other process: this is data parallelism, as in PyTorch's DistributedDataParallel).
-        Returns (summed NLL, the sum of the halves' gradients — a ``FlatParams`` in shared memory,
-        overwritten by the next call —, the final states of each half (this process's first))."""
+    def halves(self, params, x, y, mask, columns, state0, scale: float, n: float, units=None):
+        """Forward and backward of a padded batch (x, y, mask (T, B); ``state0`` per layer or None; ``units``
+        the batch's dropout masks of units, ``Masks.units``, or None) with its sequences split between the
+        two processes — ``columns``: two arrays of column indices, this process's first — each running
+        ``CharLM._grads`` on its columns with the whole network (no step waits for the other process: this
+        is data parallelism, as in PyTorch's DistributedDataParallel). Returns (summed NLL, the sum of the
+        halves' gradients — a ``FlatParams`` in shared memory, overwritten by the next call —, the final
+        states of each half (this process's first))."""
         from .model import _rows
         params = self._in_shared_memory(params)
         if self.theirs is None or not self.theirs.same_layout(params):
             self.theirs = FlatParams.like(params, fill=0, same_memory=True)   # the child's half
         mine, theirs = columns
-        T, B1 = len(x), len(theirs)
-        # the child's columns go through the shared ints (ids, targets, mask), their states through hs/cs
-        kp, kg, _ = self._ready(len(x[0]), (3 * T * B1 + 1) // 2,
+        T, B, B1, L, H = len(x), len(x[0]), len(theirs), self.lm.num_layers, self.H
+        # The child's columns go through the shared ints (ids, targets, mask, then each mask of units' steps:
+        # T, 1 when locked, 0 for none) and hs/cs: the initial and final states of layer k in rows
+        # k·B1 … (k+1)·B1, then — in hs, flat — the masks of units.
+        masks = [None if d is None else d[:, theirs] for d in units or [None] * (L + 1)]
+        end = 16 + 3 * T * B1
+        floats_needed = L * B1 * H + sum(0 if d is None else d.size for d in masks)
+        kp, kg, _ = self._ready(B, max((end + L + 1 - 16 - B + 1) // 2, -(-floats_needed // H) - B),
                                 (params.flat, self.theirs.flat, self.grads.flat))   # (the last for ``update``)
         ints, a = self.a["ints"], self.a
         ints[:5] = T, B1, kp, kg, state0 is not None
-        ints[16:16 + 3 * T * B1].reshape(3, T, B1)[...] = x[:, theirs], y[:, theirs], mask[:, theirs] != 0
+        ints[16:end].reshape(3, T, B1)[...] = x[:, theirs], y[:, theirs], mask[:, theirs] != 0
+        ints[end:end + L + 1] = [0 if d is None else len(d) for d in masks]
+        arena = a["hs"].reshape(-1)[L * B1 * H:]
+        for d in masks:
+            if d is not None:
+                arena[:d.size] = d.ravel()
+                arena = arena[d.size:]
         a["floats"][0], a["floats"][3] = scale, n
-        for arr, s0 in zip((a["hs"], a["cs"]), _rows(state0, theirs)[0] if state0 is not None else ()):
-            arr[:B1] = s0
+        for k, layer in enumerate(_rows(state0, theirs) or ()):
+            for arr, s0 in zip((a["hs"], a["cs"]), layer):
+                arr[k * B1:(k + 1) * B1] = s0
 
         def work():
             total, grads, final, _ = self.lm._grads(params, x[:, mine], y[:, mine],
-                                                    Layout(mask[:, mine], T, len(mine)),
-                                                    _rows(state0, mine), None, None, scale, n)
+                                                    Layout(mask[:, mine], T, len(mine)), _rows(state0, mine),
+                                                    None, units and [d if d is None else d[:, mine] for d in units],
+                                                    scale, n)
             self.share.sync()                                     # the child's half is written
             if ints[5]:
                 raise pickle.loads(self.a["opt"][:int(ints[5])].tobytes())
             np.add(grads.flat, self.theirs.flat, out=self.grads.flat)
-            theirs_final = [tuple(arr[:B1].copy() for arr in (a["hs"], a["cs"])[:len(final[0])])]
+            theirs_final = [tuple(arr[k * B1:(k + 1) * B1].copy() for arr in (a["hs"], a["cs"])[:len(final[0])])
+                            for k in range(L)]
             return total + float(a["floats"][2]), final, theirs_final
         total, final, theirs_final = self._run(b"s", work)
         return total, self.grads, (final, theirs_final)
@@ -477,16 +495,25 @@ class UnitSplit:
     def _serve_half(self, share: Share, views: dict, ints, floats) -> None:
         """The child's side of ``halves``: its columns' forward and backward, written into shared memory."""
         T, B1, kp, kg, has_state = (int(v) for v in ints[:5])
+        lm = self.lm
+        L, H, end = lm.num_layers, self.H, 16 + 3 * T * B1
         try:
             params, grads = self._views(views, kp, kg)
-            x, y, mask = ints[16:16 + 3 * T * B1].reshape(3, T, B1)
-            arrays = (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]
-            state0 = [tuple(arr[:B1].copy() for arr in arrays)] if has_state else None
-            total, half, final, _ = self.lm._grads(params, x, y, Layout(mask, T, B1), state0, None, None,
-                                                   float(floats[0]), float(floats[3]))
+            x, y, mask = ints[16:end].reshape(3, T, B1)
+            arrays = (self.a["hs"], self.a["cs"])[:lm.cell.state_size]
+            state0 = [tuple(arr[k * B1:(k + 1) * B1].copy() for arr in arrays) for k in range(L)] if has_state else None
+            units, arena = [], self.a["hs"].reshape(-1)[L * B1 * H:]
+            for j, steps in enumerate(int(v) for v in ints[end:end + L + 1]):
+                width = (lm.embedding_size if j == 0 else H) * B1 * steps
+                units.append(arena[:width].reshape(steps, B1, -1) if steps else None)
+                arena = arena[width:]
+            total, half, final, _ = lm._grads(params, x, y, Layout(mask, T, B1), state0, None,
+                                              units if any(d is not None for d in units) else None,
+                                              float(floats[0]), float(floats[3]))
             np.copyto(grads.flat, half.flat)
-            for arr, s in zip(arrays, final[0]):
-                arr[:B1] = s
+            for k, layer in enumerate(final):
+                for arr, s in zip(arrays, layer):
+                    arr[k * B1:(k + 1) * B1] = s
             floats[2], ints[5] = total, 0
         except Exception as error:  # noqa: BLE001 - any error of its half (e.g. an id outside the vocabulary)
             self._report(error, ints)    # is raised in the parent, as if it had been in its own half

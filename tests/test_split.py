@@ -381,6 +381,81 @@ def test_training_with_halves_equals_one_process(rng, halves):
     assert two._split.starts == 1                       # the moments found spares the child knew
 
 
+# Models whose units cannot be split (stacked layers, dropout of units, AR/TAR, the layer-normalised LSTM: the
+# presets) split their batches by sequences at any width, every layer's states and the masks of units shared.
+EVERY_REGULARISER = dict(num_layers=2, embedding_size=3, dropout=0.3, weight_dropout=0.4, embedding_dropout=0.3,
+                         ar=1.5, tar=2.5)
+
+
+def _halves_pair(cell, **kw):
+    one, two = (CharLM(V, cell, H, dtype=np.float64, threads=t, **kw) for t in (1, 2))
+    assert not two.splits_units and two.halves_pay(5, 16)
+    return one, two
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "lnlstm"])
+@pytest.mark.parametrize("locked", [False, True], ids=["per-step", "locked"])
+def test_halves_of_stacked_regularised_models_give_the_one_process_result(cell, locked, rng, halves):
+    """Two layers, an embedding, dropout of units (a mask per step, or locked), DropConnect, embedding
+    dropout, AR and TAR; a carried state in every layer or zeros; empty and one-step sequences: the loss,
+    the gradients of the objective and every layer's final state of the two halves are the one-process ones."""
+    one, two = _halves_pair(cell, locked_dropout=locked, **EVERY_REGULARISER)
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    drop = one.dropout_masks(np.random.default_rng(4), *x.shape)
+    assert all(d is not None for d in drop.units) and len(drop.units[1]) == (1 if locked else len(x))
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in s) for s in one.initial_state(5)]
+    for s0 in (state0, None):
+        (l1, g1, f1), (l2, g2, f2) = (m.loss_and_grads(params, x, y, mask, s0, drop=drop) for m in (one, two))
+        assert l2 == pytest.approx(l1, rel=1e-13)
+        for name in g1:
+            np.testing.assert_allclose(g2[name], g1[name], rtol=1e-10, atol=1e-14, err_msg=name)
+        assert len(f2) == 2
+        for a, b in zip(f1, f2):
+            for u, v in zip(a, b):
+                np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
+    assert two._split.theirs is not None and two._split.starts == 1    # split by sequences, in one child
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
+def test_gradcheck_of_the_halves_path_with_every_regulariser(cell, rng, halves):
+    """Finite differences of the objective (NLL, AR, TAR) with fixed masks against the summed gradients of
+    the two processes' halves of a stacked, regularised model from a carried state."""
+    _, two = _halves_pair(cell, locked_dropout=True, **EVERY_REGULARISER)
+    params = two.init_params(rng)
+    for name in params:
+        params[name] += rng.normal(0, 0.3, params[name].shape)
+    x, y, mask = _batch(rng)
+    drop = two.dropout_masks(np.random.default_rng(6), *x.shape)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in s) for s in two.initial_state(5)]
+    _, grads, _ = two.loss_and_grads(params, x, y, mask, state0, drop=drop)
+    grads = {k: v.copy() for k, v in grads.items()}
+    errors = gradcheck(lambda: two.objective(params, x, y, mask, state0, drop=drop), params, grads)
+    assert max(errors.values()) < 1e-6, errors
+    assert two._split.theirs is not None
+
+
+def test_training_a_preset_like_model_with_halves_equals_one_process(rng, halves):
+    """Fifteen clipped Adam steps (with a moving average) of a two-layer layer-normalised LSTM with locked
+    dropout and DropConnect, masks drawn per step as in training, on running-text chunks with the state
+    carried from chunk to chunk: the same parameters and optimizer state as in one process."""
+    kw = dict(num_layers=2, dropout=0.3, locked_dropout=True, weight_dropout=0.3)
+    one, two = _halves_pair("lnlstm", **kw)
+    runs = []
+    for lm in (one, two):
+        params = lm.init_params(np.random.default_rng(0))
+        opt, clip, data = OPTIMIZERS.build("adam", lr=0.05, ema=0.9), NormClip(0.5), np.random.default_rng(1)
+        state = None
+        for step in range(15):
+            x, y = data.integers(0, V, (4, 6)), data.integers(0, V, (4, 6))
+            _, grads, state = lm.loss_and_grads(params, x, y, None, state, rng=np.random.default_rng(step))
+            clip(grads)
+            lm.update(opt, params, grads)
+        runs.append((params, opt.state_dict()))
+    _assert_same_training(*runs)
+    assert two._split.theirs is not None and two._split.starts == 1
+
+
 def _fail_in_child(monkeypatch, error):
     """Make the child's half of a batch end its process while ``error[0]`` is set."""
     grads, parent = CharLM._grads, os.getpid()
@@ -429,7 +504,8 @@ def test_ctrl_c_in_the_parent_during_halves_stops_the_child(rng, halves, monkeyp
 
 
 def test_when_halves_pay(monkeypatch):
-    """Up to HALVES_MAX_H units, from MIN_HALVES_WORK gate values a batch (measured; see CharLM)."""
+    """From MIN_HALVES_WORK gate values a batch, up to HALVES_MAX_H units where the units could be split
+    instead, at any width where they cannot (measured; see CharLM)."""
     monkeypatch.undo()
     names = 412                                                   # real positions of a names batch of 32
     assert CharLM(27, "lstm", 64, threads=2).halves_pay(32, names)
@@ -438,6 +514,10 @@ def test_when_halves_pay(monkeypatch):
     assert not CharLM(27, "rnn", 64, threads=2).halves_pay(32, names)         # 26 k gate values
     assert CharLM(27, "rnn", 64, threads=2).halves_pay(128, 4 * names)
     assert not CharLM(27, "lstm", 256, threads=2).halves_pay(128, 4 * names)  # the unit split's
+    preset = dict(num_layers=2, dropout=0.3, locked_dropout=True, weight_dropout=0.3)   # the names preset's
+    assert CharLM(27, "lnlstm", 384, threads=2, **preset).halves_pay(64, 2 * names)     # units cannot split
+    assert CharLM(27, "lstm", 512, threads=2, dropout=0.3).halves_pay(32, names)
+    assert not CharLM(27, "lnlstm", 384, threads=1, **preset).halves_pay(64, 2 * names)  # one thread
     rng = np.random.default_rng(0)
     lm = CharLM(27, "lstm", 64, threads=2)
     x = rng.integers(0, 27, (13, 32))
