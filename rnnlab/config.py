@@ -52,9 +52,9 @@ class RunSettings(TrainOptions, LearningRate):
     """The top-level options of a run (``python -m rnnlab steps=3000 lr=0.003``): ``lr``, the training
     loop's options (``TrainOptions``: steps, batch_size, seed, eval_every, …) and these."""
     dtype: str = option("float32", "float32 (fast) or float64 (exact checks)", {"float32": None, "float64": None})
-    threads: int = option(0, "CPUs sharing a training batch: from 2, a one-layer RNN, LSTM or GRU with enough work "
-                          "splits its hidden units between two processes, other models the batch's sequences "
-                          "between threads", ">= 0",
+    threads: int = option(0, "CPUs sharing a training batch: from 2, a batch with enough work runs in two "
+                          "processes, split by its sequences or (a wide one-layer RNN, LSTM or GRU) by its "
+                          "hidden units", ">= 0",
                           zero="one per available CPU")
     log_every: int = option(100, "a progress line in the log every N steps", "> 0")
     reduction: str = option("mean", "what the gradients are of: the loss per character or per sequence (as "
