@@ -460,9 +460,10 @@ class UnitSplit:
         # k·B1 … (k+1)·B1, then — in hs, flat — the masks of units.
         masks = [None if d is None else d[:, theirs] for d in units or [None] * (L + 1)]
         end = 16 + 3 * T * B1
+        ints_needed = 3 * T * B1 + L + 1                    # room: 2·N + B ints after the header, (B + N)·H floats
         floats_needed = L * B1 * H + sum(0 if d is None else d.size for d in masks)
-        kp, kg, _ = self._ready(B, max((end + L + 1 - 16 - B + 1) // 2, -(-floats_needed // H) - B),
-                                (params.flat, self.theirs.flat, self.grads.flat))   # (the last for ``update``)
+        N = max(-(-(ints_needed - B) // 2), -(-floats_needed // H) - B)
+        kp, kg, _ = self._ready(B, N, (params.flat, self.theirs.flat, self.grads.flat))   # (the last for ``update``)
         ints, a = self.a["ints"], self.a
         ints[:5] = T, B1, kp, kg, state0 is not None
         ints[16:end].reshape(3, T, B1)[...] = x[:, theirs], y[:, theirs], mask[:, theirs] != 0
