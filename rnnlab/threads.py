@@ -47,21 +47,6 @@ def hold_one_blas_thread() -> None:
     _HELD[0] += 1
 
 
-@contextlib.contextmanager
-def blas_threads_between_batches():
-    """BLAS on the threads it had before ``hold_one_blas_thread``, for work done while the unit split's
-    second process sleeps between batches (evaluation: its products are the process's only work then);
-    held at one thread again afterwards. Nothing to do when nothing holds it."""
-    if not _HELD:
-        yield
-        return
-    _HELD[1].restore_original_limits()
-    try:
-        yield
-    finally:
-        _HELD[1] = _BLAS.limit(limits=1, user_api="blas")
-
-
 def release_blas_threads() -> None:
     if _HELD:
         _HELD[0] -= 1

@@ -538,35 +538,3 @@ def test_an_error_in_the_childs_half_is_raised_in_the_parent(rng, halves):
             lm.loss_and_grads(params, bad, y, mask)
     assert two.loss_and_grads(params, x, y, mask)[0] == pytest.approx(one.loss_and_grads(params, x, y, mask)[0],
                                                                       rel=1e-13)
-
-
-def test_evaluation_gets_blas_threads_back_while_the_child_sleeps(rng, halves):
-    """While a split's child lives, the parent's BLAS is held at one thread; evaluation (the child sleeps
-    then) runs on the threads BLAS had before, and the hold is back afterwards."""
-    from threadpoolctl import threadpool_info
-
-    from rnnlab import threads
-    from rnnlab.train import evaluate
-
-    def blas_threads():
-        return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
-    before = blas_threads()
-    one, two = _pair()
-    params = one.init_params(rng)
-    x, y, mask = _batch(rng)
-    two.loss_and_grads(params, x, y, mask)
-    assert two._split.child is not None and blas_threads() == 1
-    seen = []
-    with threads.blas_threads_between_batches():
-        seen.append(blas_threads())
-    assert seen == [before] and blas_threads() == 1
-
-    class Split:                      # a split whose batches note the threads evaluation runs on
-        def eval_batches(self, split):
-            seen.append(blas_threads())
-            yield from ()
-    with pytest.raises(ValueError, match="is empty"):
-        evaluate(two, params, Split())
-    assert seen[-1] == before and blas_threads() == 1
-    two.close()
-    assert blas_threads() == before
