@@ -456,27 +456,25 @@ class UnitSplit:
         mine, theirs = columns
         T, B, B1, L, H = len(x), len(x[0]), len(theirs), self.lm.num_layers, self.H
         # The child's columns go through the shared ints (ids, targets, mask, then each mask of units' steps:
-        # T, 1 when locked, 0 for none) and hs/cs: the initial and final states of layer k in rows
-        # k·B1 … (k+1)·B1, then — in hs, flat — the masks of units.
-        masks = [None if d is None else d[:, theirs] for d in units or [None] * (L + 1)]
+        # T, 1 when locked, 0 for none) and hs/cs (``_layer_states``, then ``_unit_masks``).
+        steps = [0 if d is None else len(d) for d in units or [None] * (L + 1)]
         end = 16 + 3 * T * B1
         ints_needed = 3 * T * B1 + L + 1                    # room: 2·N + B ints after the header, (B + N)·H floats
-        floats_needed = L * B1 * H + sum(0 if d is None else d.size for d in masks)
+        floats_needed = L * B1 * H + sum(self._mask_width(j) * B1 * s for j, s in enumerate(steps))
         N = max(-(-(ints_needed - B) // 2), -(-floats_needed // H) - B)
         kp, kg, _ = self._ready(B, N, (params.flat, self.theirs.flat, self.grads.flat))   # (the last for ``update``)
         ints, a = self.a["ints"], self.a
         ints[:5] = T, B1, kp, kg, state0 is not None
         ints[16:end].reshape(3, T, B1)[...] = x[:, theirs], y[:, theirs], mask[:, theirs] != 0
-        ints[end:end + L + 1] = [0 if d is None else len(d) for d in masks]
-        arena = a["hs"].reshape(-1)[L * B1 * H:]
-        for d in masks:
+        ints[end:end + L + 1] = steps
+        for d, shared in zip(units or (), self._unit_masks(L, B1, steps)):
             if d is not None:
-                arena[:d.size] = d.ravel()
-                arena = arena[d.size:]
+                np.take(d, theirs, axis=1, out=shared, mode="clip")    # (the indices are valid: "clip"
+                                                                        # writes straight into ``shared``)
         a["floats"][0], a["floats"][3] = scale, n
         for k, layer in enumerate(_rows(state0, theirs) or ()):
-            for arr, s0 in zip((a["hs"], a["cs"]), layer):
-                arr[k * B1:(k + 1) * B1] = s0
+            for arr, s0 in zip(self._layer_states(k, B1), layer):
+                arr[...] = s0
 
         def work():
             total, grads, final, _ = self.lm._grads(params, x[:, mine], y[:, mine],
@@ -487,8 +485,7 @@ class UnitSplit:
             if ints[5]:
                 raise pickle.loads(self.a["opt"][:int(ints[5])].tobytes())
             np.add(grads.flat, self.theirs.flat, out=self.grads.flat)
-            theirs_final = [tuple(arr[k * B1:(k + 1) * B1].copy() for arr in (a["hs"], a["cs"])[:len(final[0])])
-                            for k in range(L)]
+            theirs_final = [tuple(arr.copy() for arr in self._layer_states(k, B1)) for k in range(L)]
             return total + float(a["floats"][2]), final, theirs_final
         total, final, theirs_final = self._run(b"s", work)
         return total, self.grads, (final, theirs_final)
@@ -497,28 +494,43 @@ class UnitSplit:
         """The child's side of ``halves``: its columns' forward and backward, written into shared memory."""
         T, B1, kp, kg, has_state = (int(v) for v in ints[:5])
         lm = self.lm
-        L, H, end = lm.num_layers, self.H, 16 + 3 * T * B1
+        L, end = lm.num_layers, 16 + 3 * T * B1
         try:
             params, grads = self._views(views, kp, kg)
             x, y, mask = ints[16:end].reshape(3, T, B1)
-            arrays = (self.a["hs"], self.a["cs"])[:lm.cell.state_size]
-            state0 = [tuple(arr[k * B1:(k + 1) * B1].copy() for arr in arrays) for k in range(L)] if has_state else None
-            units, arena = [], self.a["hs"].reshape(-1)[L * B1 * H:]
-            for j, steps in enumerate(int(v) for v in ints[end:end + L + 1]):
-                width = (lm.embedding_size if j == 0 else H) * B1 * steps
-                units.append(arena[:width].reshape(steps, B1, -1) if steps else None)
-                arena = arena[width:]
+            state0 = [tuple(a.copy() for a in self._layer_states(k, B1)) for k in range(L)] if has_state else None
+            units = self._unit_masks(L, B1, [int(v) for v in ints[end:end + L + 1]])
             total, half, final, _ = lm._grads(params, x, y, Layout(mask, T, B1), state0, None,
                                               units if any(d is not None for d in units) else None,
                                               float(floats[0]), float(floats[3]))
             np.copyto(grads.flat, half.flat)
             for k, layer in enumerate(final):
-                for arr, s in zip(arrays, layer):
-                    arr[k * B1:(k + 1) * B1] = s
+                for arr, s in zip(self._layer_states(k, B1), layer):
+                    arr[...] = s
             floats[2], ints[5] = total, 0
         except Exception as error:  # noqa: BLE001 - any error of its half (e.g. an id outside the vocabulary)
             self._report(error, ints)    # is raised in the parent, as if it had been in its own half
         share.sync()
+
+    # Where ``halves`` passes the child's columns' states and masks of units: layer k's initial and final
+    # states in rows k·B1 … (k+1)·B1 of the shared hs (and cs), then — in hs, flat — the masks of units.
+    def _layer_states(self, k: int, B1: int) -> list:
+        """Layer k's rows of the shared state arrays (hs, and cs for an LSTM)."""
+        return [arr[k * B1:(k + 1) * B1] for arr in (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]]
+
+    def _mask_width(self, j: int) -> int:
+        """The width of the j-th mask of units: the embedding's output (j = 0), else a layer's."""
+        return (self.lm.embedding_size or 0) if j == 0 else self.H
+
+    def _unit_masks(self, L: int, B1: int, steps: list) -> list:
+        """The shared views (steps[j], B1, width) of the masks of units, after the L layers' states; None
+        where steps[j] is 0 (no mask)."""
+        arena, views = self.a["hs"].reshape(-1)[L * B1 * self.H:], []
+        for j, n in enumerate(steps):
+            size = self._mask_width(j) * B1 * n
+            views.append(arena[:size].reshape(n, B1, -1) if n else None)
+            arena = arena[size:]
+        return views
 
     def _report(self, error: Exception, ints) -> None:
         """The child's exception, pickled where the parent reads it after the barrier (``ints[5]``: its size)."""

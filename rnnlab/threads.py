@@ -55,6 +55,21 @@ def release_blas_threads() -> None:
             _HELD.clear()
 
 
+@contextlib.contextmanager
+def blas_threads_back():
+    """A context in which BLAS has its threads back while ``hold_one_blas_thread`` holds it at one, held
+    again on leaving: for work the split's second process takes no part in — evaluation between training
+    batches, whose forward passes run in this process while the other sleeps, its core idle."""
+    if not _HELD:
+        yield
+        return
+    _HELD[1].restore_original_limits()
+    try:
+        yield
+    finally:
+        _HELD[1] = _BLAS.limit(limits=1, user_api="blas")
+
+
 def available_cpus() -> int:
     """The CPUs this process may use: those it may run on, and no more than ``OMP_NUM_THREADS`` when that
     is set — as joblib sets it in the workers of parallel trials (``hydra/launcher=parallel``), and batch

@@ -21,6 +21,7 @@ from .checks import check_options, option
 from .data import ends_at_eol
 from .model import nats_to_bits
 from .sampling import SoftmaxSampler, generate
+from .threads import blas_threads_back
 
 SMOOTHING = 0.98     # of the exponential moving average of the training loss (``smooth_loss``)
 
@@ -119,16 +120,17 @@ def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = N
     total, count, state = 0.0, 0.0, None
     rng = np.random.default_rng([seed, 4, 0]) if mc_samples else None   # a stream of its own
     batches = dataset.eval_batches(split) if batch_size is None else dataset.eval_batches(split, batch_size)
-    for batch in batches:
-        if batch.reset:
-            state = None
-        if mc_samples:
-            loss, state = lm.mc_loss(params, batch.x, batch.y, batch.mask, state, mc_samples, rng)
-        else:
-            loss, state = lm.loss(params, batch.x, batch.y, batch.mask, state)
-        n = float(batch.mask.sum())
-        total += loss * n
-        count += n
+    with blas_threads_back():                  # both cores: a split's second process sleeps meanwhile
+        for batch in batches:
+            if batch.reset:
+                state = None
+            if mc_samples:
+                loss, state = lm.mc_loss(params, batch.x, batch.y, batch.mask, state, mc_samples, rng)
+            else:
+                loss, state = lm.loss(params, batch.x, batch.y, batch.mask, state)
+            n = float(batch.mask.sum())
+            total += loss * n
+            count += n
     if count == 0:
         raise ValueError(f"the {split!r} split is empty")
     return total / count
