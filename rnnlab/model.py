@@ -92,6 +92,13 @@ class CharLM:
     # (which is what makes the unit split the faster one for wider layers). Measured:
     # experiments/benchmarks/README.md, sessions 14 and 21.
     HALVES_MAX_H, MIN_HALVES_WORK = 128, 50_000
+    # Evaluation, run in this process while a split's second one sleeps, gets BLAS's threads back
+    # (``threads.blas_threads_back``) from this many multiply-adds a character in the recurrent products
+    # (gates × hidden size² × layers): a validation pass of LSTM 512 (1 M) 1.4–1.6x faster on two threads,
+    # 384 × 2 1.14–1.26x; at 256 units (262 k) it gains ~10 ms, what OpenBLAS's second thread, spinning idle
+    # after it, takes from the split's next batch; at 64 and 128 nothing (experiments/benchmarks/README.md,
+    # session 22).
+    EVAL_THREADS_MIN_WORK = 500_000
     REGULARISERS = ("dropout", "locked_dropout", "weight_dropout", "embedding_dropout", "ar", "tar")
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 128,
@@ -394,6 +401,10 @@ class CharLM:
         G, H, V = self.cell.gates, self.hidden_size, self.vocab_size
         params = G * H * (V + H + 1) + H * (V + 1)        # about: the cell's and the output layer's
         return positions * G * H * H >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
+
+    def eval_threads_pay(self) -> bool:
+        """Whether evaluation takes BLAS's threads back while a split holds them (``EVAL_THREADS_MIN_WORK``)."""
+        return self.cell.gates * self.hidden_size ** 2 * self.num_layers >= self.EVAL_THREADS_MIN_WORK
 
     def halves_pay(self, batch: int, positions: float) -> bool:
         """Whether a batch of ``batch`` sequences and ``positions`` real steps in all is split by its sequences

@@ -56,11 +56,13 @@ def release_blas_threads() -> None:
 
 
 @contextlib.contextmanager
-def blas_threads_back():
+def blas_threads_back(wanted: bool = True):
     """A context in which BLAS has its threads back while ``hold_one_blas_thread`` holds it at one, held
     again on leaving: for work the split's second process takes no part in — evaluation between training
-    batches, whose forward passes run in this process while the other sleeps, its core idle."""
-    if not _HELD:
+    batches, whose forward passes run in this process while the other sleeps, its core idle. (Worth it
+    only for wide products: after the last two-thread call, OpenBLAS's second thread spins idle for a
+    while, on the core the split's next batch needs.) ``wanted`` False: nothing changes."""
+    if not (_HELD and wanted):
         yield
         return
     _HELD[1].restore_original_limits()

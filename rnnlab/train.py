@@ -120,7 +120,7 @@ def evaluate(lm, params, dataset, split: str = "val", batch_size: int | None = N
     total, count, state = 0.0, 0.0, None
     rng = np.random.default_rng([seed, 4, 0]) if mc_samples else None   # a stream of its own
     batches = dataset.eval_batches(split) if batch_size is None else dataset.eval_batches(split, batch_size)
-    with blas_threads_back():                  # both cores: a split's second process sleeps meanwhile
+    with blas_threads_back(lm.eval_threads_pay()):    # both cores: a split's second process sleeps meanwhile
         for batch in batches:
             if batch.reset:
                 state = None

@@ -540,10 +540,12 @@ def test_an_error_in_the_childs_half_is_raised_in_the_parent(rng, halves):
                                                                       rel=1e-13)
 
 
-def test_evaluation_gets_blas_threads_back_while_the_child_sleeps(rng, monkeypatch):
+@pytest.mark.parametrize("wide", [True, False])
+def test_evaluation_gets_blas_threads_back_while_the_child_sleeps(wide, rng, monkeypatch):
     """While a split's child lives, this process's BLAS is held at one thread (the child computes on the
     other core); evaluation, whose forward passes the child takes no part in, runs with BLAS's own
-    threads — and the hold is back for the next training batch. The same losses either way."""
+    threads when its products are wide enough to gain from them (``eval_threads_pay``; else it keeps
+    the hold) — and the hold is back for the next training batch. The same losses either way."""
     from threadpoolctl import threadpool_info
 
     from rnnlab import threads
@@ -555,6 +557,9 @@ def test_evaluation_gets_blas_threads_back_while_the_child_sleeps(rng, monkeypat
 
     data = load_dataset("lines", lowercase=True, val_fraction=0.2, seed=0)
     one, two = (CharLM(len(data.vocab), "lstm", H, dtype=np.float64, threads=k) for k in (1, 2))
+    assert not two.eval_threads_pay()                         # (6 units: far too narrow)
+    if wide:
+        monkeypatch.setattr(CharLM, "EVAL_THREADS_MIN_WORK", 4 * H * H)
     params = one.init_params(np.random.default_rng(0))
     x, y, mask = data.train_batch(0, 40, 0)[:3]
     two.loss_and_grads(params, x, y, mask)                    # the child starts: BLAS held at one thread
@@ -565,7 +570,7 @@ def test_evaluation_gets_blas_threads_back_while_the_child_sleeps(rng, monkeypat
     loss = two.loss
     monkeypatch.setattr(two, "loss", lambda *a: (inside.append(blas_threads()), loss(*a))[1])
     assert evaluate(two, params, data, "val") == pytest.approx(evaluate(one, params, data, "val"), rel=1e-12)
-    assert inside and all(t == [original] for t in inside)
+    assert inside and all(t == [original if wide else 1] for t in inside)
     assert blas_threads() == [1]                              # held again for the next batch
     two.close()
     assert blas_threads() == ([1] if threads._HELD else [original])   # (another test's live split may hold it)
