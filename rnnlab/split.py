@@ -460,7 +460,7 @@ class UnitSplit:
         steps = [0 if d is None else len(d) for d in units or [None] * (L + 1)]
         end = 16 + 3 * T * B1
         ints_needed = 3 * T * B1 + L + 1                    # room: 2·N + B ints after the header, (B + N)·H floats
-        floats_needed = L * B1 * H + sum(self._mask_width(j) * B1 * s for j, s in enumerate(steps))
+        floats_needed = L * B1 * H + sum(self._mask_sizes(B1, steps))
         N = max(-(-(ints_needed - B) // 2), -(-floats_needed // H) - B)
         kp, kg, _ = self._ready(B, N, (params.flat, self.theirs.flat, self.grads.flat))   # (the last for ``update``)
         ints, a = self.a["ints"], self.a
@@ -518,16 +518,16 @@ class UnitSplit:
         """Layer k's rows of the shared state arrays (hs, and cs for an LSTM)."""
         return [arr[k * B1:(k + 1) * B1] for arr in (self.a["hs"], self.a["cs"])[:self.lm.cell.state_size]]
 
-    def _mask_width(self, j: int) -> int:
-        """The width of the j-th mask of units: the embedding's output (j = 0), else a layer's."""
-        return (self.lm.embedding_size or 0) if j == 0 else self.H
+    def _mask_sizes(self, B1: int, steps: list) -> list:
+        """The values in each mask of units of B1 sequences and ``steps[j]`` steps (0: no mask): j = 0 the
+        embedding's output, then each layer's."""
+        return [n * B1 * ((self.lm.embedding_size or 0) if j == 0 else self.H) for j, n in enumerate(steps)]
 
     def _unit_masks(self, L: int, B1: int, steps: list) -> list:
         """The shared views (steps[j], B1, width) of the masks of units, after the L layers' states; None
         where steps[j] is 0 (no mask)."""
         arena, views = self.a["hs"].reshape(-1)[L * B1 * self.H:], []
-        for j, n in enumerate(steps):
-            size = self._mask_width(j) * B1 * n
+        for n, size in zip(steps, self._mask_sizes(B1, steps)):
             views.append(arena[:size].reshape(n, B1, -1) if n else None)
             arena = arena[size:]
         return views

@@ -24,9 +24,13 @@ def pool(n: int) -> ThreadPoolExecutor:
 def one_blas_thread():
     """A context in which BLAS runs single-threaded (nothing to do while ``hold_one_blas_thread`` holds it
     there: entering a limit costs ~20 µs, paid twice a batch by a unit split's parent otherwise)."""
+    return contextlib.nullcontext() if _HELD else _limit_to_one()
+
+
+def _limit_to_one():
+    """BLAS limited to one thread (entered already: a context whose exit, or ``restore_original_limits``,
+    gives the threads back)."""
     global _BLAS
-    if _HELD:
-        return contextlib.nullcontext()
     if _BLAS is None:
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
@@ -69,7 +73,7 @@ def blas_threads_back(wanted: bool = True):
     try:
         yield
     finally:
-        _HELD[1] = _BLAS.limit(limits=1, user_api="blas")
+        _HELD[1] = _limit_to_one()
 
 
 def available_cpus() -> int:
