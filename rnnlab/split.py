@@ -61,7 +61,7 @@ import weakref
 
 import numpy as np
 
-from .cells.base import Layout, Packing, as_gates
+from .cells.base import Layout, Packing, StepProduct, as_gates
 from .flat import FlatParams
 from .threads import hold_one_blas_thread, one_blas_thread, release_blas_threads
 
@@ -180,8 +180,8 @@ class OverlappedForward:
     """
 
     def __init__(self, share: Share, Wh, G: int, pk: Packing):
-        self.share, self.G, self.Wh = share, G, Wh
-        self.mine, self.theirs = Wh[share.own], Wh[share.theirs]
+        self.share, self.G, self.whole = share, G, StepProduct(Wh)
+        self.mine, self.theirs = StepProduct(Wh[share.own]), StepProduct(Wh[share.theirs])
         self.rows, self.late = (np.empty((pk.B, Wh.shape[1]), Wh.dtype) for _ in range(2))
         self.next_rows = iter([n for _, n in pk.steps[1:]])
         self.started = False              # the first term of the next step is in ``rows``
@@ -190,9 +190,9 @@ class OverlappedForward:
         n = len(h)
         rows = self.rows[:n]
         if not self.started:              # the initial states: written before the batch started
-            return as_gates(np.matmul(h, self.Wh, out=rows), self.G)
+            return as_gates(self.whole(h, rows), self.G)
         self.share.wait()
-        rows += np.matmul(h[:, self.share.theirs], self.theirs, out=self.late[:n])
+        rows += self.theirs(h[:, self.share.theirs], self.late[:n])
         self.started = False
         return as_gates(rows, self.G)
 
@@ -201,7 +201,7 @@ class OverlappedForward:
         self.share.arrive()
         n = next(self.next_rows, 0)
         if n:
-            np.matmul(h[:n, self.share.own], self.mine, out=self.rows[:n])
+            self.mine(h[:n, self.share.own], self.rows[:n])
             self.started = True
         else:                             # the last step: whoever reads the states next needs all of them
             self.share.wait()

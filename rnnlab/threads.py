@@ -8,6 +8,7 @@ import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -27,13 +28,38 @@ def one_blas_thread():
     return contextlib.nullcontext() if _HELD else _limit_to_one()
 
 
-def _limit_to_one():
-    """BLAS limited to one thread (entered already: a context whose exit, or ``restore_original_limits``,
-    gives the threads back)."""
+def _controller() -> ThreadpoolController:
     global _BLAS
     if _BLAS is None:
         _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+    return _BLAS
+
+
+def _limit_to_one():
+    """BLAS limited to one thread (entered already: a context whose exit, or ``restore_original_limits``,
+    gives the threads back)."""
+    return _controller().limit(limits=1, user_api="blas")
+
+
+# OpenBLAS's AVX-512 kernels (those it picks on AVX-512 CPUs, AMD's Zen 4 included) compute a float32 product of
+# at most this many multiply-adds (M·N·K) with a "small matrix" kernel that reads its operands where they are
+# instead of packing them first: for a recurrence's narrow steps on one thread, 1.2–4.5x the packed product's
+# speed (measured: experiments/benchmarks/README.md, session 23). Its other kernels have no such path.
+SMALL_KERNEL_MNK = 1_000_000
+SMALL_KERNEL_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
+
+
+def small_product_limit(dtype) -> int:
+    """The size (M·N·K) up to which NumPy's BLAS computes a ``dtype`` product with its small-matrix kernel and
+    that kernel is the faster choice: ``SMALL_KERNEL_MNK`` for float32 on OpenBLAS's AVX-512 kernels while BLAS
+    runs on one thread (as in a unit split's processes and the shards' threads; on two, the packed product's
+    threads win from ~24 rows); 0 otherwise. A fixed rule, not a timing: the same run computes the same."""
+    if np.dtype(dtype) != np.float32:
+        return 0
+    blas = [lib for lib in _controller().lib_controllers if lib.user_api == "blas" and "numpy" in lib.filepath]
+    ok = (len(blas) == 1 and blas[0].internal_api == "openblas"
+          and getattr(blas[0], "architecture", None) in SMALL_KERNEL_CORES and blas[0].get_num_threads() == 1)
+    return SMALL_KERNEL_MNK if ok else 0
 
 
 _HELD: list = []      # [count, the limit object] while something holds BLAS at one thread (hold_one_blas_thread)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import CELLS
-from .base import (Cell, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step, states,
-                   zero_start)
+from .base import (Cell, StepProduct, final_states, grad_buffer, project_inputs, project_inputs_backward, project_step,
+                   states, zero_start)
 
 
 @CELLS.register("rnn")
@@ -25,7 +25,7 @@ class RNN(Cell):
         xp = project_inputs(x, params["Wx"], params["b"], 1)[0]
         B, H = pk.B, Wh.shape[0]
         hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, xp.dtype)
-        recurrent = share.recurrent(Wh, 1, pk) if share else None
+        recurrent = share.recurrent(Wh, 1, pk) if share else StepProduct(Wh)
         zero0 = zero_start(hs, B)                # then the first step has no recurrent term
         p = 0
         for o, n in pk.steps:
@@ -36,7 +36,7 @@ class RNN(Cell):
             elif share:
                 np.add(recurrent(hs[p:p + n])[0], xp[o:o + n], out=h)
             else:
-                np.matmul(hs[p:p + n], Wh, out=h)
+                recurrent(hs[p:p + n], h)
                 h += xp[o:o + n]
             np.tanh(h, out=h)
             if share:
