@@ -246,3 +246,71 @@ def test_lstm_gate_factors_step_by_step_or_for_the_whole_batch(rng, monkeypatch)
             "lstm", np.random.default_rng(7))
     for k in grads[0]:
         np.testing.assert_array_equal(grads[0][k], grads[10 ** 9][k], err_msg=k)
+
+
+def _step_products_in_blocks(monkeypatch):
+    """``StepProduct``'s column blocks at a toy model's sizes: a small-matrix kernel said to take products of
+    up to 60 multiply-adds, blocks of any width; LSTM and GRU in the rows form that uses it."""
+    from rnnlab.cells import base
+    monkeypatch.setattr(base, "small_product_limit", lambda dtype: 60)
+    monkeypatch.setattr(base.StepProduct, "MIN_WIDTH", 1)
+    monkeypatch.setattr(base.StepProduct, "ALIGN", 1)
+    monkeypatch.setattr(base.RecurrentForward, "ROWS_MIN_H", 0)
+    widths = [base.StepProduct(np.zeros((H, 4 * H))).width(n) for n in (1, 2, 3, 5)]
+    assert widths == [12, 6, 4, 2]                 # blocks of 4 * H = 20 columns: 12 + 8, …, 2 + … + 2
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_step_products_in_column_blocks_give_the_same_results(cell, rng, monkeypatch):
+    """The forward's per-step products split into column blocks (``StepProduct``, for BLAS's small-matrix
+    kernel) give the one product's loss, gradients and final states — the last block narrower than the
+    others, from a carried state — and the stacked gradient check holds with them."""
+    lm = _model(cell)
+    params = _perturbed(lm, rng)
+    x, y = rng.integers(0, V, (6, 5)), rng.integers(0, V, (6, 5))
+    mask = (np.arange(6)[:, None] < np.array([1, 6, 0, 3, 6])).astype(float)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(lm.cell.state_size)) for _ in range(2)]
+    one = lm.loss_and_grads(params, x, y, mask, state0)
+    _step_products_in_blocks(monkeypatch)
+    blocks = lm.loss_and_grads(params, x, y, mask, state0)
+    assert blocks[0] == pytest.approx(one[0], rel=1e-13)
+    for name in one[1]:
+        np.testing.assert_allclose(blocks[1][name], one[1][name], rtol=1e-11, atol=1e-14, err_msg=name)
+    for u, v in zip(one[2], blocks[2]):
+        for a, b in zip(u, v):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
+    test_gradcheck_stacked_with_empty_and_one_step_sequences_dropout_embedding_and_carried_state(
+        cell, np.random.default_rng(7))
+
+
+def test_step_product_blocks_at_real_sizes(rng):
+    """At an LSTM's sizes in a unit split (h_{t-1}[units] (n, 256) times (256, 1024)), with the kernel's limit
+    of a million multiply-adds: blocks from the widest that fits (a multiple of 32, at most 256) down to 64
+    columns, one product where the whole one fits or no block of 64 would; each equal to the one product."""
+    from rnnlab.cells.base import StepProduct
+    from rnnlab.threads import SMALL_KERNEL_MNK
+    W = rng.standard_normal((256, 1024)).astype(np.float32)
+    product = StepProduct(W)
+    product.limit = SMALL_KERNEL_MNK
+    sizes = (1, 2, 4, 8, 16, 32, 48, 64, 128)
+    assert [product.width(n) for n in sizes] == [1024, 1024, 256, 256, 224, 96, 64, 1024, 1024]
+    rows = np.full((128, 1024), np.nan, np.float32)
+    states = rng.standard_normal((128, 512)).astype(np.float32)
+    for n in sizes:
+        a = states[:n, 256:]                       # a column block of the states, as the split reads them
+        np.testing.assert_allclose(product(a, rows[:n]), a @ W, rtol=1e-5, atol=1e-4)
+
+
+def test_the_small_kernel_is_used_where_blas_has_it_on_one_thread():
+    """``small_product_limit``: float32 only, only on OpenBLAS's AVX-512 kernels (as threadpoolctl names
+    NumPy's BLAS and the kernels it picked), only while BLAS runs on one thread."""
+    from threadpoolctl import threadpool_info
+    from rnnlab import threads
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    avx512 = (len(blas) == 1 and blas[0]["internal_api"] == "openblas"
+              and blas[0].get("architecture") in threads.SMALL_KERNEL_CORES)
+    with threads.one_blas_thread():
+        assert threads.small_product_limit(np.float32) == (threads.SMALL_KERNEL_MNK if avx512 else 0)
+        assert threads.small_product_limit(np.float64) == 0
+    with threads._controller().limit(limits=2, user_api="blas"):
+        assert threads.small_product_limit(np.float32) == 0

@@ -574,3 +574,24 @@ def test_evaluation_gets_blas_threads_back_while_the_child_sleeps(wide, rng, mon
     assert blas_threads() == [1]                              # held again for the next batch
     two.close()
     assert blas_threads() == ([1] if threads._HELD else [original])   # (another test's live split may hold it)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_split_with_step_products_in_blocks_gives_the_one_process_result(cell, rng, monkeypatch):
+    """The split's per-step products (``OverlappedForward``: a process's half of h_{t-1} times its rows of
+    Wh, then the other's) in column blocks for BLAS's small-matrix kernel: the loss, gradients and final
+    state of one process computing one product a step."""
+    from test_packing import _step_products_in_blocks
+    one, two = _pair(cell)
+    params = one.init_params(rng)
+    x, y, mask = _batch(rng)
+    state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(one.cell.state_size))]
+    reference = one.loss_and_grads(params, x, y, mask, state0)
+    _step_products_in_blocks(monkeypatch)          # before the child is forked: it computes in blocks too
+    total, grads, final = two.loss_and_grads(params, x, y, mask, state0)
+    assert total == pytest.approx(reference[0], rel=1e-13)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], reference[1][name], rtol=1e-10, atol=1e-14, err_msg=name)
+    for u, v in zip(reference[2][0], final[0]):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-15)
+    assert two._split.starts == 1

@@ -243,21 +243,22 @@ class StepProduct:
     """``prod(a, out)`` → ``out[:] = a @ W`` for a recurrence's step, a (n, K) and W (K, M) (returns ``out``),
     split into blocks of W's columns where that lets BLAS use its small-matrix kernel
     (``threads.small_product_limit``): when the whole product is larger than the kernel takes, blocks of
-    the most columns the kernel takes at n rows — a multiple of 32, at most ``MAX_WIDTH`` —, if at least
-    ``MIN_WIDTH`` (narrower blocks lose more in calls than the kernel gains). The same arithmetic for each
-    output value; measured on an AVX-512 machine at 16 to 48 rows 1.2–1.8x the one product's speed, at 4 to
-    8 rows 2–4.5x (experiments/benchmarks/README.md, session 23).
+    the most columns the kernel takes at n rows — a multiple of ``ALIGN``, at most ``MAX_WIDTH`` —, if at
+    least ``MIN_WIDTH`` (narrower blocks lose more in calls than the kernel gains). Each output value is
+    the same sum; on the AVX-512 machine of session 23, 1.2–1.8x the one product's speed at 16 to 48 rows,
+    2–4.5x at 4 to 8 (experiments/benchmarks/README.md).
     """
-    MIN_WIDTH, MAX_WIDTH = 64, 256
+    MIN_WIDTH, MAX_WIDTH, ALIGN = 64, 256, 32
 
     def __init__(self, W):
         self.W, self.limit = W, small_product_limit(W.dtype)
 
     def width(self, n: int) -> int:
+        """The columns of a block at n rows (all of W's: one product)."""
         K, M = self.W.shape
         if not self.limit or n * K * M <= self.limit:
             return M
-        c = min(self.MAX_WIDTH, self.limit // (n * K) // 32 * 32)
+        c = min(self.MAX_WIDTH, self.limit // (n * K) // self.ALIGN * self.ALIGN)
         return c if c >= self.MIN_WIDTH else M
 
     def __call__(self, a, out):
