@@ -248,30 +248,34 @@ def test_lstm_gate_factors_step_by_step_or_for_the_whole_batch(rng, monkeypatch)
         np.testing.assert_array_equal(grads[0][k], grads[10 ** 9][k], err_msg=k)
 
 
-def _step_products_in_blocks(monkeypatch):
+def _step_products_in_blocks(monkeypatch, rows_form=True):
     """``StepProduct``'s column blocks at a toy model's sizes: a small-matrix kernel said to take products of
-    up to 60 multiply-adds, blocks of any width; LSTM and GRU in the rows form that uses it."""
+    up to 60 multiply-adds, blocks of any width; LSTM and GRU in the rows form (one product of h with all of
+    Wh's columns, split) or the blocks form (a product per gate, each split)."""
     from rnnlab.cells import base
     monkeypatch.setattr(base, "small_product_limit", lambda dtype: 60)
     monkeypatch.setattr(base.StepProduct, "MIN_WIDTH", 1)
     monkeypatch.setattr(base.StepProduct, "ALIGN", 1)
-    monkeypatch.setattr(base.RecurrentForward, "ROWS_MIN_H", 0)
+    monkeypatch.setattr(base.RecurrentForward, "ROWS_MIN_H", 0 if rows_form else 10 ** 6)
     widths = [base.StepProduct(np.zeros((H, 4 * H))).width(n) for n in (1, 2, 3, 5)]
     assert widths == [12, 6, 4, 2]                 # blocks of 4 * H = 20 columns: 12 + 8, …, 2 + … + 2
+    assert [base.StepProduct(np.zeros((H, H))).width(n) for n in (1, 2, 3)] == [5, 5, 4]   # a gate's: 5 columns
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_step_products_in_column_blocks_give_the_same_results(cell, rng, monkeypatch):
+@pytest.mark.parametrize("cell, rows_form", [("rnn", True), ("lstm", True), ("lstm", False), ("gru", True),
+                                             ("gru", False), ("lnlstm", False)])
+def test_step_products_in_column_blocks_give_the_same_results(cell, rows_form, rng, monkeypatch):
     """The forward's per-step products split into column blocks (``StepProduct``, for BLAS's small-matrix
     kernel) give the one product's loss, gradients and final states — the last block narrower than the
-    others, from a carried state — and the stacked gradient check holds with them."""
+    others, from a carried state — and the stacked gradient check holds with them, in either form of the
+    recurrent products (``RecurrentForward``; the layer-normalised LSTM's is the blocks form)."""
     lm = _model(cell)
     params = _perturbed(lm, rng)
     x, y = rng.integers(0, V, (6, 5)), rng.integers(0, V, (6, 5))
     mask = (np.arange(6)[:, None] < np.array([1, 6, 0, 3, 6])).astype(float)
     state0 = [tuple(rng.normal(0, 0.5, (5, H)) for _ in range(lm.cell.state_size)) for _ in range(2)]
     one = lm.loss_and_grads(params, x, y, mask, state0)
-    _step_products_in_blocks(monkeypatch)
+    _step_products_in_blocks(monkeypatch, rows_form)
     blocks = lm.loss_and_grads(params, x, y, mask, state0)
     assert blocks[0] == pytest.approx(one[0], rel=1e-13)
     for name in one[1]:

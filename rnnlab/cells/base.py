@@ -281,7 +281,8 @@ class RecurrentForward:
       (whoever adds it to the gates reads runs of H contiguous values: nearly as fast as a block).
 
     ``blocks=True`` asks for the first form at any size (for a caller whose work on the result is slow on
-    a strided view, such as a layer norm per gate).
+    a strided view, such as a layer norm per gate). Either form's products are ``StepProduct``'s: in column
+    blocks at the step sizes where BLAS's small-matrix kernel pays.
     """
     ROWS_MIN_H = 256
 
@@ -292,12 +293,18 @@ class RecurrentForward:
             self.product, self.rows = StepProduct(Wh), np.empty((B, width), Wh.dtype)
         else:
             self.Wh, self.rec = as_gates(Wh, G), np.empty((G, B, width // G), Wh.dtype)
+            self.gates = [StepProduct(block) for block in self.Wh]       # each in column blocks where they pay
 
     def __call__(self, h):
         n = len(h)
         if self.rows_form:
             return as_gates(self.product(h, self.rows[:n]), self.G)
-        return np.matmul(h, self.Wh, out=self.rec[:, :n])
+        rec = self.rec[:, :n]
+        if self.gates[0].width(n) < rec.shape[2]:
+            for product, out in zip(self.gates, rec):
+                product(h, out)
+            return rec
+        return np.matmul(h, self.Wh, out=rec)
 
 
 class RecurrentBackward:
