@@ -85,13 +85,15 @@ class CharLM:
     # at each step, more calls) exceed what halving the work saves (measured for the three cells:
     # experiments/benchmarks/README.md, sessions 11 and 12).
     MIN_SPLIT_WORK, MIN_SPLIT_PARAMS = 12_000_000, 500_000
-    # Up to this many units (at any width when the units cannot be split: ``halves_pay``), a batch with at
-    # least this many gate values (real positions × gates × hidden size) is split by its sequences instead,
-    # the two halves run by two processes with the whole network each (``split.UnitSplit.halves``): no waits
-    # at every step, the elements of every pass halved; the per-step products' fixed costs paid by both
-    # (which is what makes the unit split the faster one for wider layers). Measured:
-    # experiments/benchmarks/README.md, sessions 14 and 21.
-    HALVES_MAX_H, MIN_HALVES_WORK = 128, 50_000
+    # Up to this many multiply-adds a row in a step's recurrent product (gates × hidden size²: an LSTM of 128
+    # units, a GRU of 147, an RNN of 256; at any width when the units cannot be split: ``halves_pay``), a batch
+    # with at least this many gate values (real positions × gates × hidden size) is split by its sequences
+    # instead, the two halves run by two processes with the whole network each (``split.UnitSplit.halves``):
+    # no waits at every step, the elements of every pass halved; the per-step products' fixed costs paid by
+    # both (which is what makes the unit split the faster one for larger products: a process's half of a
+    # step's product has to outweigh a barrier). Measured: experiments/benchmarks/README.md, sessions 14, 21
+    # and 23 (the RNN of 256 units: 1.15–1.26x by sequences).
+    HALVES_MAX_WORK, MIN_HALVES_WORK = 65_536, 50_000
     # Evaluation, run in this process while a split's second one sleeps, gets BLAS's threads back
     # (``threads.blas_threads_back``) from this many multiply-adds a character in the recurrent products
     # (gates × hidden size² × layers): a validation pass of LSTM 512 (1 M) 1.4–1.6x faster on two threads,
@@ -409,11 +411,11 @@ class CharLM:
     def halves_pay(self, batch: int, positions: float) -> bool:
         """Whether a batch of ``batch`` sequences and ``positions`` real steps in all is split by its sequences
         between two processes (``split.UnitSplit.halves``): with ``threads >= 2`` on a platform that can,
-        up to ``HALVES_MAX_H`` units for a model whose units could be split instead (wider, the unit split
-        is the faster), at any width for one whose units cannot (stacked layers, dropout of units,
-        activation regularisation, the layer-normalised LSTM: the presets)."""
+        up to ``HALVES_MAX_WORK`` multiply-adds a row in a step's product for a model whose units could be
+        split instead (larger, the unit split is the faster), at any size for one whose units cannot (stacked
+        layers, dropout of units, activation regularisation, the layer-normalised LSTM: the presets)."""
         return (self.threads >= 2 and split.available() and batch >= 2
-                and (self.hidden_size <= self.HALVES_MAX_H or not self.splits_units)
+                and (self.cell.gates * self.hidden_size ** 2 <= self.HALVES_MAX_WORK or not self.splits_units)
                 and positions * self.cell.gates * self.hidden_size >= self.MIN_HALVES_WORK)
 
     def _unit_split(self) -> "split.UnitSplit":

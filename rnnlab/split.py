@@ -23,8 +23,9 @@ backward, its own units' part after it has shared the other's (``Share.exchangin
 Narrow layers split a batch by its sequences instead (``UnitSplit.halves``, chosen by
 ``CharLM.halves_pay``): each process runs the whole network — forward, loss, backward — on every other
 sequence of the batch, the child's gradients summed into the parent's. Nothing is exchanged within the
-batch, so where a step's work is mostly per-call costs (up to 128 units), halving its rows without a
-barrier at every step pays more than halving its units with one. Models whose units cannot be split
+batch, so where a step's work is mostly per-call costs (up to 64 k multiply-adds a row in a step's
+product: an LSTM of 128 units, an RNN of 256), halving its rows without a barrier at every step pays more
+than halving its units with one. Models whose units cannot be split
 (stacked layers, dropout of units, activation regularisation, the layer-normalised LSTM — the presets)
 split their batches by sequences at any width: the child gets its sequences' states of every layer and
 their dropout masks through shared memory.

@@ -504,8 +504,8 @@ def test_ctrl_c_in_the_parent_during_halves_stops_the_child(rng, halves, monkeyp
 
 
 def test_when_halves_pay(monkeypatch):
-    """From MIN_HALVES_WORK gate values a batch, up to HALVES_MAX_H units where the units could be split
-    instead, at any width where they cannot (measured; see CharLM)."""
+    """From MIN_HALVES_WORK gate values a batch, up to HALVES_MAX_WORK multiply-adds a row in a step's
+    product where the units could be split instead, at any size where they cannot (measured; see CharLM)."""
     monkeypatch.undo()
     names = 412                                                   # real positions of a names batch of 32
     assert CharLM(27, "lstm", 64, threads=2).halves_pay(32, names)
@@ -514,6 +514,10 @@ def test_when_halves_pay(monkeypatch):
     assert not CharLM(27, "rnn", 64, threads=2).halves_pay(32, names)         # 26 k gate values
     assert CharLM(27, "rnn", 64, threads=2).halves_pay(128, 4 * names)
     assert not CharLM(27, "lstm", 256, threads=2).halves_pay(128, 4 * names)  # the unit split's
+    assert CharLM(27, "rnn", 256, threads=2).halves_pay(32, names)            # 64 k multiply-adds a row
+    assert not CharLM(27, "rnn", 258, threads=2).halves_pay(32, names)
+    assert CharLM(27, "lstm", 128, threads=2).halves_pay(32, names)
+    assert not CharLM(27, "gru", 148, threads=2).halves_pay(32, names)        # 3 × 148² > 64 k
     preset = dict(num_layers=2, dropout=0.3, locked_dropout=True, weight_dropout=0.3)   # the names preset's
     assert CharLM(27, "lnlstm", 384, threads=2, **preset).halves_pay(64, 2 * names)     # units cannot split
     assert CharLM(27, "lstm", 512, threads=2, dropout=0.3).halves_pay(32, names)

@@ -37,7 +37,7 @@ BATCHES = {1: 200, 32: 40, 128: 20}
 
 class Split(CharLM):
     MIN_SPLIT_WORK = MIN_SPLIT_PARAMS = 0      # split every batch by its units
-    HALVES_MAX_H = 0                           # (never by its sequences: ``CharLM.halves_pay``)
+    HALVES_MAX_WORK = 0                        # (never by its sequences: ``CharLM.halves_pay``)
 
 
 class NoSplit(CharLM):
