@@ -19,7 +19,9 @@ own, against PyTorch's throughput — a ceiling for any NumPy implementation bui
 rnnlab runs as the runner does, on two CPUs (CharLM threads=2): the LSTM's hidden units split between two
 processes (rnnlab/split.py: each has half of every step's products, with one BLAS thread, and half of the
 element-wise work; the optimizer step too), the other cells' wide batches split into shards of sequences
-in two threads. "Products alone" stays the one-process ceiling: NumPy's products at the packed shapes.
+in two threads. "Products alone" stays the one-process ceiling: NumPy's products at the packed shapes,
+whole, on two BLAS threads (the split's processes, on one thread each, can pass it at narrow steps, whose
+products they compute in column blocks for OpenBLAS's small-matrix kernel: ``cells.base.StepProduct``).
 Needs PyTorch (`pip install torch==2.13.0`, the CPU build).
 """
 
