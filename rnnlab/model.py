@@ -398,15 +398,20 @@ class CharLM:
                 and not self.dropout and not (self.ar or self.tar) and self.hidden_size % 2 == 0
                 and split.available())
 
+    @property
+    def row_work(self) -> int:
+        """Multiply-adds of one row (a sequence's step) in a layer's recurrent product: gates × hidden size²."""
+        return self.cell.gates * self.hidden_size ** 2
+
     def split_pays(self, positions: float) -> bool:
         """Whether a batch of ``positions`` real steps in all has the work for a unit split to pay."""
         G, H, V = self.cell.gates, self.hidden_size, self.vocab_size
         params = G * H * (V + H + 1) + H * (V + 1)        # about: the cell's and the output layer's
-        return positions * G * H * H >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
+        return positions * self.row_work >= self.MIN_SPLIT_WORK or params >= self.MIN_SPLIT_PARAMS
 
     def eval_threads_pay(self) -> bool:
         """Whether evaluation takes BLAS's threads back while a split holds them (``EVAL_THREADS_MIN_WORK``)."""
-        return self.cell.gates * self.hidden_size ** 2 * self.num_layers >= self.EVAL_THREADS_MIN_WORK
+        return self.row_work * self.num_layers >= self.EVAL_THREADS_MIN_WORK
 
     def halves_pay(self, batch: int, positions: float) -> bool:
         """Whether a batch of ``batch`` sequences and ``positions`` real steps in all is split by its sequences
@@ -415,7 +420,7 @@ class CharLM:
         split instead (larger, the unit split is the faster), at any size for one whose units cannot (stacked
         layers, dropout of units, activation regularisation, the layer-normalised LSTM: the presets)."""
         return (self.threads >= 2 and split.available() and batch >= 2
-                and (self.cell.gates * self.hidden_size ** 2 <= self.HALVES_MAX_WORK or not self.splits_units)
+                and (self.row_work <= self.HALVES_MAX_WORK or not self.splits_units)
                 and positions * self.cell.gates * self.hidden_size >= self.MIN_HALVES_WORK)
 
     def _unit_split(self) -> "split.UnitSplit":

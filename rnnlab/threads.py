@@ -5,6 +5,7 @@ a run may use."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,12 +55,18 @@ def small_product_limit(dtype) -> int:
     that kernel is the faster choice: ``SMALL_KERNEL_MNK`` for float32 on OpenBLAS's AVX-512 kernels while BLAS
     runs on one thread (as in a unit split's processes and the shards' threads; on two, the packed product's
     threads win from ~24 rows); 0 otherwise. A fixed rule, not a timing: the same run computes the same."""
-    if np.dtype(dtype) != np.float32:
-        return 0
+    blas = _numpy_blas_with_small_kernel()
+    return SMALL_KERNEL_MNK if np.dtype(dtype) == np.float32 and blas and blas.get_num_threads() == 1 else 0
+
+
+@functools.cache
+def _numpy_blas_with_small_kernel():
+    """NumPy's BLAS, as threadpoolctl controls it, if it is OpenBLAS on its AVX-512 kernels; else None
+    (looked up once: which library NumPy loaded and the kernels it picked do not change in a process)."""
     blas = [lib for lib in _controller().lib_controllers if lib.user_api == "blas" and "numpy" in lib.filepath]
     ok = (len(blas) == 1 and blas[0].internal_api == "openblas"
-          and getattr(blas[0], "architecture", None) in SMALL_KERNEL_CORES and blas[0].get_num_threads() == 1)
-    return SMALL_KERNEL_MNK if ok else 0
+          and getattr(blas[0], "architecture", None) in SMALL_KERNEL_CORES)
+    return blas[0] if ok else None
 
 
 _HELD: list = []      # [count, the limit object] while something holds BLAS at one thread (hold_one_blas_thread)

@@ -25,7 +25,8 @@ class RNN(Cell):
         xp = project_inputs(x, params["Wx"], params["b"], 1)[0]
         B, H = pk.B, Wh.shape[0]
         hs, own = share.states(B + pk.N, 1) if share else states(state0, B + pk.N, H, xp.dtype)
-        recurrent = share.recurrent(Wh, 1, pk) if share else StepProduct(Wh)
+        recurrent = share.recurrent(Wh, 1, pk) if share else None
+        product = None if share else StepProduct(Wh)     # h_{t-1} Wh in one process
         zero0 = zero_start(hs, B)                # then the first step has no recurrent term
         p = 0
         for o, n in pk.steps:
@@ -36,7 +37,7 @@ class RNN(Cell):
             elif share:
                 np.add(recurrent(hs[p:p + n])[0], xp[o:o + n], out=h)
             else:
-                recurrent(hs[p:p + n], h)
+                product(hs[p:p + n], h)
                 h += xp[o:o + n]
             np.tanh(h, out=h)
             if share:
